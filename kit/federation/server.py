@@ -1,0 +1,86 @@
+"""The server's federation state and its round: configure_train -> clients train -> aggregate_train."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kit.federation.aggregate import aggregate, client_weights, pro_probabilities
+from kit.federation.messages import Downlink, Uplink
+from kit.federation.seeds import SeedPool
+
+
+def sample_clients(federation_seed: int, server_round: int, num_clients: int, fraction: float) -> list[int]:
+    """The round's clients: max(1, int(N * fraction)) distinct ids, seeded by (seed, round), ascending."""
+    n = max(1, int(num_clients * fraction))
+    rng = np.random.default_rng([federation_seed, server_round, 0xC11E])
+    return sorted(rng.choice(num_clients, size=n, replace=False).tolist())
+
+
+def sample_seed_indices(
+    federation_seed: int, server_round: int, client_id: int, steps: int, probabilities: np.ndarray | None, k: int
+) -> np.ndarray:
+    """The seed index of each local step of a client: uniform (FedKSeed) or by p (FedKSeed-Pro)."""
+    rng = np.random.default_rng([federation_seed, server_round, client_id, 0x5EED])
+    if probabilities is None:
+        return rng.integers(0, k, size=steps)
+    return rng.choice(k, size=steps, p=probabilities.astype(np.float64) / probabilities.sum(dtype=np.float64))
+
+
+@dataclass
+class Server:
+    """Seed pool, round counter and the per-seed gradient history of FedKSeed(-Pro).
+
+    Args:
+        pool: the K candidate seeds.
+        pro: sample seeds by FedKSeed-Pro probabilities instead of uniformly.
+        bias_loss_clip: history magnitudes are clipped to this before averaging (reference 1000).
+        pro_temperature: scale of the min-max normalised scores inside the softmax (reference 1).
+        equal_weights: weight clients equally instead of by sample count.
+    """
+
+    pool: SeedPool
+    pro: bool = False
+    bias_loss_clip: float = 1000.0
+    pro_temperature: float = 1.0
+    equal_weights: bool = False
+    server_round: int = 0  # rounds completed
+    abs_sum: np.ndarray = field(init=False)
+    count: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        # the reference starts every seed's history with one entry grad_initial = 0
+        self.abs_sum = np.zeros(self.pool.k, dtype=np.float64)
+        self.count = np.ones(self.pool.k, dtype=np.int64)
+
+    def probabilities(self) -> np.ndarray | None:
+        """Seed probabilities for the next round (None for uniform FedKSeed)."""
+        if not self.pro:
+            return None
+        return pro_probabilities(self.abs_sum, self.count, self.pro_temperature).astype(np.float32)
+
+    def aggregate_train(self, uplinks: Sequence[Uplink], num_samples: Sequence[int]) -> Downlink:
+        """Aggregate the round's decoded uplinks (ascending client id) into its downlink."""
+        order = np.argsort([u.client_id for u in uplinks], kind="stable")
+        ups = [uplinks[i] for i in order]
+        weights = client_weights([num_samples[i] for i in order], self.equal_weights)
+        total = aggregate([u.scalars for u in ups], weights).astype(np.float32)
+        for u in ups:  # history: one entry per client and touched seed
+            touched = np.flatnonzero(u.scalars)
+            self.abs_sum[touched] += np.minimum(np.abs(u.scalars[touched].astype(np.float64)), self.bias_loss_clip)
+            self.count[touched] += 1
+        self.server_round += 1
+        return Downlink(self.server_round, total, self.probabilities())
+
+    def state_dict(self) -> dict:
+        return {"server_round": self.server_round, "abs_sum": self.abs_sum.copy(), "count": self.count.copy(),
+                "k": self.pool.k, "fingerprint": self.pool.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["k"] != self.pool.k or state["fingerprint"] != self.pool.fingerprint:
+            raise ValueError("checkpoint was made with another seed pool (K or --fed.seed differ)")
+        self.server_round = int(state["server_round"])
+        self.abs_sum = np.asarray(state["abs_sum"], dtype=np.float64).copy()
+        self.count = np.asarray(state["count"], dtype=np.int64).copy()

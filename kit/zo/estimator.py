@@ -1,0 +1,60 @@
+"""The two-point zeroth-order step of FedKSeed, done in place on the model's own weights.
+
+No copy of the model, no autograd graph: the weights are moved by +eps z, -2 eps z and back, and
+the restore is fused with the update (scales +1, -2, +1 as in MeZO).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kit.zo.perturb import Perturber
+
+
+@dataclass(frozen=True)
+class ZOStep:
+    """The outcome of one step: which seed, its scalar gradient, the loss at +eps, and whether skipped."""
+
+    seed_index: int
+    projected_grad: float
+    loss: float
+    skipped: bool = False
+
+
+def zo_step(
+    perturber: Perturber,
+    loss_fn: Callable[[], torch.Tensor],
+    seed_index: int,
+    seed: int,
+    *,
+    eps: float,
+    lr: float,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = None,
+) -> ZOStep:
+    """One ZO-SGD step along z(seed): returns the projected gradient g = (L+ - L-) / 2 eps.
+
+    A non-finite loss (or |L+ - L-| above `grad_clip`, as the reference's `--grad_clip`) restores
+    the weights and skips the update: `skipped=True`, `projected_grad=0`.
+    """
+    # 1) perturb +eps, loss at theta + eps z
+    perturber.add(seed, eps)
+    loss_plus = float(loss_fn())
+    if not math.isfinite(loss_plus):
+        perturber.add(seed, -eps)  # restore, skip the second forward
+        return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
+    # 2) perturb -2 eps, loss at theta - eps z
+    perturber.add(seed, -2.0 * eps)
+    loss_minus = float(loss_fn())
+    diff = loss_plus - loss_minus
+    if not math.isfinite(loss_minus) or (grad_clip is not None and abs(diff) > grad_clip):
+        perturber.add(seed, eps)
+        return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
+    grad = diff / (2.0 * eps)
+    # 3) restore +eps and update theta <- theta - lr (g z + wd theta), fused in one pass
+    perturber.add(seed, -lr * grad, decay=lr * weight_decay, restore=eps)
+    return ZOStep(seed_index, grad, loss_plus)
