@@ -47,30 +47,22 @@ ZK_INLINE float as_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 /* ---- Philox-4x32-10 on NB counters at once (vectorised across t) ---------------------------- */
 ZK_INLINE void philox_block(uint32_t w[4][NB], uint64_t first, uint32_t domain, uint64_t key)
 {
-    uint32_t c0[NB], c1[NB], c2[NB], c3[NB];
+    /* first is a multiple of NB: counter first + t never carries into the high word */
+    const uint32_t base = (uint32_t)first, high = (uint32_t)(first >> 32);
     for (int t = 0; t < NB; t++) {
-        uint64_t j = first + (uint64_t)t;
-        c0[t] = (uint32_t)j;
-        c1[t] = (uint32_t)(j >> 32);
-        c2[t] = domain;
-        c3[t] = 0u;
-    }
-    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-    for (int r = 0; r < 10; r++) {
-        for (int t = 0; t < NB; t++) {
-            uint64_t p0 = (uint64_t)0xD2511F53u * (uint64_t)c0[t];
-            uint64_t p1 = (uint64_t)0xCD9E8D57u * (uint64_t)c2[t];
-            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[t] ^ k0;
-            uint32_t n1 = (uint32_t)p1;
-            uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[t] ^ k1;
-            uint32_t n3 = (uint32_t)p0;
-            c0[t] = n0; c1[t] = n1; c2[t] = n2; c3[t] = n3;
+        uint32_t c0 = base + (uint32_t)t, c1 = high, c2 = domain, c3 = 0u;
+        uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+        for (int r = 0; r < 10; r++) { /* fully unrolled; the loop over t is vectorised */
+            /* high and low halves written separately: gcc vectorises each (pmuludq / pmulld) */
+            uint32_t n0 = (uint32_t)(((uint64_t)0xCD9E8D57u * c2) >> 32) ^ c1 ^ k0;
+            uint32_t n1 = 0xCD9E8D57u * c2;
+            uint32_t n2 = (uint32_t)(((uint64_t)0xD2511F53u * c0) >> 32) ^ c3 ^ k1;
+            uint32_t n3 = 0xD2511F53u * c0;
+            c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
         }
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    for (int t = 0; t < NB; t++) {
-        w[0][t] = c0[t]; w[1][t] = c1[t]; w[2][t] = c2[t]; w[3][t] = c3[t];
+        w[0][t] = c0; w[1][t] = c1; w[2][t] = c2; w[3][t] = c3;
     }
 }
 
