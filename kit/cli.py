@@ -1,0 +1,87 @@
+"""The `fedkseed` command (also `python -m kit`).
+
+    fedkseed fit -c recipes/quickstart.yaml                 # train, writes runs/<recipe>-<time>/
+    fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --fed.local_steps 5
+    fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --ckpt_path runs/qs/checkpoints/last.ckpt
+    fedkseed fit --help                                     # every option, documented
+
+Config is LightningCLI/jsonargparse: `model` = FedKSeedModule (ZO args), `data` =
+FederatedDataModule, `fed` = FederatedLoop (federation args), `trainer` = Lightning's Trainer
+(`max_epochs` = rounds, `devices`/`strategy: fed_ddp` for several processes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+import kit.strategy  # noqa: F401  (registers the fed_ddp strategy)
+from kit.data.datamodule import FederatedDataModule
+from kit.loop import FederatedLoop
+from kit.module import FedKSeedModule
+
+RUN_DIR_ENV = "FEDKSEED_RUN_DIR"
+
+
+def resolve_run_dir(run_dir: str | None) -> str:
+    """The run directory: --run_dir, else one named by time, shared with DDP child processes."""
+    if run_dir:
+        os.environ[RUN_DIR_ENV] = run_dir
+        return run_dir
+    if RUN_DIR_ENV not in os.environ:
+        os.environ[RUN_DIR_ENV] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    return os.environ[RUN_DIR_ENV]
+
+
+class FedKSeedCLI(LightningCLI):
+    """LightningCLI with the federation callback as the `fed` group, a run directory and loggers."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(FederatedLoop, "fed")
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="Run directory for config, metrics.csv, checkpoints, summary.json "
+                                 "(default runs/<date-time>).")
+        parser.add_argument("--wandb", type=bool, default=False,
+                            help="Also log to Weights & Biases (set WANDB_MODE=offline to log without an account).")
+        parser.add_argument("--wandb_project", type=str, default="fedkseed", help="W&B project name.")
+        parser.link_arguments("model.model", "data.tokenizer")
+        parser.set_defaults({"trainer.enable_progress_bar": False, "trainer.num_sanity_val_steps": 0,
+                             "trainer.use_distributed_sampler": False, "trainer.logger": False,
+                             "trainer.enable_model_summary": False})
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        run_dir = resolve_run_dir(cfg.get("run_dir"))
+        for cb in callbacks:
+            if isinstance(cb, FederatedLoop):
+                cb.run_dir = Path(run_dir)
+        config["default_root_dir"] = run_dir
+        loggers = [CSVLogger(run_dir, name="", version="")]
+        if cfg.get("wandb"):
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(project=cfg.get("wandb_project"), save_dir=run_dir))
+        config["logger"] = loggers
+        callbacks.append(ModelCheckpoint(dirpath=Path(run_dir) / "checkpoints", save_last=True, save_top_k=0))
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `fedkseed` and `python -m kit`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "eval":
+        from eval.cli import main as eval_main
+
+        eval_main(argv[1:])
+        return
+    FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
+
+
+if __name__ == "__main__":
+    main()
