@@ -310,12 +310,12 @@ class FederatedLoop(pl.Callback):
 
     # -- checkpoint: the seed history, not the weights -----------------------------------------
     def state_dict(self) -> dict:
-        return {"server": self.server.state_dict(), "downlinks": [g.copy() for g in self.downlinks],
+        return {"server": self.server.state_dict(), "downlinks": [torch.from_numpy(g.copy()) for g in self.downlinks],
                 "history": self.history, "eval_loss_before": self.eval_loss_before}
 
     def load_state_dict(self, state: dict) -> None:
         self.server.load_state_dict(state["server"])
-        self.downlinks = [np.asarray(g, dtype=np.float32) for g in state["downlinks"]]
+        self.downlinks = [g.numpy().astype(np.float32) for g in state["downlinks"]]
         self.history = state["history"]
         self.eval_loss_before = state["eval_loss_before"]
 

@@ -75,11 +75,12 @@ class Server:
         return Downlink(self.server_round, total, self.probabilities())
 
     def state_dict(self) -> dict:
-        return {"server_round": self.server_round, "abs_sum": self.abs_sum.copy(), "count": self.count.copy(),
-                "k": self.pool.k, "fingerprint": self.pool.fingerprint}
+        """Plain Python values (loadable by `torch.load(weights_only=True)`)."""
+        return {"server_round": self.server_round, "abs_sum": self.abs_sum.tolist(), "count": self.count.tolist(),
+                "k": self.pool.k, "fingerprint": self.pool.fingerprint.hex()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["k"] != self.pool.k or state["fingerprint"] != self.pool.fingerprint:
+        if state["k"] != self.pool.k or state["fingerprint"] != self.pool.fingerprint.hex():
             raise ValueError("checkpoint was made with another seed pool (K or --fed.seed differ)")
         self.server_round = int(state["server_round"])
         self.abs_sum = np.asarray(state["abs_sum"], dtype=np.float64).copy()
