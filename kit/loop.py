@@ -40,6 +40,7 @@ from kit.federation.sync import apply_scalars
 from kit.snapshot import WeightSnapshot
 
 STATS = 4  # per-client columns after the K scalars: loss sum, steps, skipped steps, uplink bytes
+IDLE = -1  # client id of the padding steps that keep every process at the same number of steps
 
 
 class FederatedLoop(pl.Callback):
@@ -136,7 +137,9 @@ class FederatedLoop(pl.Callback):
         dm = trainer.datamodule
         clients = sample_clients(self.seed, rnd, dm.num_clients_effective, self.fraction)
         mine = clients[trainer.global_rank :: trainer.world_size]
-        dm.set_round_plan(rnd, [(c, self.local_steps) for c in mine])
+        # Lightning syncs the processes at every step, so all of them must run as many steps
+        padding = -(-len(clients) // trainer.world_size) - len(mine)
+        dm.set_round_plan(rnd, [(c, self.local_steps) for c in mine] + [(IDLE, self.local_steps)] * padding)
         self._round = {"round": rnd, "clients": clients, "mine": mine, "rows": {}}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
@@ -149,6 +152,8 @@ class FederatedLoop(pl.Callback):
     # -- 2) local training ---------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         client = int(batch["client_id"])
+        if client == IDLE:
+            return
         if self._client is None or self._client["id"] != client:
             self._snapshot.restore()  # every client starts from the round's global weights
             indices = sample_seed_indices(self.seed, self._round["round"], client, self.local_steps, self._probs, self.k)
@@ -159,6 +164,8 @@ class FederatedLoop(pl.Callback):
         self._step_t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if int(batch["client_id"]) == IDLE:
+            return
         self._step_times.append(time.perf_counter() - self._step_t0)
         step = outputs["zo"]
         c = self._client

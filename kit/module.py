@@ -93,7 +93,9 @@ class FedKSeedModule(pl.LightningModule):
         mask = (labels != -100).float()
         return (tok * mask).sum(1) / mask.sum(1)
 
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
+    def training_step(self, batch: dict, batch_idx: int) -> dict | None:
+        if int(batch["client_id"]) < 0:
+            return None  # a padding step: this process has fewer clients this round than another
         if self.seed_choice is None:
             raise RuntimeError("FedKSeedModule trains only under the federated-loop callback (kit.loop.FederatedLoop)")
         index, seed = self.seed_choice
