@@ -44,16 +44,30 @@ class FedKSeedCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(FederatedLoop, "fed")
-        parser.add_argument("--run_dir", type=str | None, default=None,
-                            help="Run directory for config, metrics.csv, checkpoints, summary.json "
-                                 "(default runs/<date-time>).")
-        parser.add_argument("--wandb", type=bool, default=False,
-                            help="Also log to Weights & Biases (set WANDB_MODE=offline to log without an account).")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Run directory for config, metrics.csv, checkpoints, summary.json "
+            "(default runs/<date-time>).",
+        )
+        parser.add_argument(
+            "--wandb",
+            type=bool,
+            default=False,
+            help="Also log to Weights & Biases (set WANDB_MODE=offline to log without an account).",
+        )
         parser.add_argument("--wandb_project", type=str, default="fedkseed", help="W&B project name.")
         parser.link_arguments("model.model", "data.tokenizer")
-        parser.set_defaults({"trainer.enable_progress_bar": False, "trainer.num_sanity_val_steps": 0,
-                             "trainer.use_distributed_sampler": False, "trainer.logger": False,
-                             "trainer.enable_model_summary": False})
+        parser.set_defaults(
+            {
+                "trainer.enable_progress_bar": False,
+                "trainer.num_sanity_val_steps": 0,
+                "trainer.use_distributed_sampler": False,
+                "trainer.logger": False,
+                "trainer.enable_model_summary": False,
+            }
+        )
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         cfg = self.config[self.subcommand] if self.subcommand else self.config

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.federation.messages import (
-    Downlink,
     Uplink,
     decode_downlink,
     decode_uplink,
@@ -40,7 +40,6 @@ from kit.federation.sync import apply_scalars
 from kit.snapshot import WeightSnapshot
 
 STATS = 4  # per-client columns after the K scalars: loss sum, steps, skipped steps, uplink bytes
-IDLE = -1  # client id of the padding steps that keep every process at the same number of steps
 
 
 class FederatedLoop(pl.Callback):
@@ -92,8 +91,14 @@ class FederatedLoop(pl.Callback):
         self.pool = SeedPool(num_seeds, seed)
         self.server = Server(self.pool, pro, bias_loss_clip, pro_temperature, equal_weights)
         self.downlinks: list[np.ndarray] = []  # G of every round: the whole global state with theta_0
-        self.history: dict[str, list] = {"train_loss": [], "eval_loss": [], "uplink_bytes": [],
-                                         "downlink_bytes": [], "skipped_steps": [], "probabilities": []}
+        self.history: dict[str, list] = {
+            "train_loss": [],
+            "eval_loss": [],
+            "uplink_bytes": [],
+            "downlink_bytes": [],
+            "skipped_steps": [],
+            "probabilities": [],
+        }
         self.eval_loss_before: float | None = None
         self._probs: np.ndarray | None = None
         self._client: dict | None = None
@@ -117,7 +122,9 @@ class FederatedLoop(pl.Callback):
         self._snapshot = WeightSnapshot(params, where, path)
         if self.downlinks:  # resumed: rebuild theta_g = theta_0 replayed through every downlink
             for g in self.downlinks:
-                apply_scalars(pl_module.perturber, self.pool, g, pl_module.hparams.lr, pl_module.hparams.weight_decay)
+                apply_scalars(
+                    pl_module.perturber, self.pool, g, pl_module.hparams.lr, pl_module.hparams.weight_decay
+                )
         elif self.eval_loss_before is None:
             self.eval_loss_before = self._eval_loss(trainer, pl_module)
             self._log(trainer, {"eval/loss": self.eval_loss_before}, step=0)
@@ -125,8 +132,13 @@ class FederatedLoop(pl.Callback):
         self._snapshot.save()
         self._plan_round(trainer, self.server.server_round + 1)
         if trainer.is_global_zero and self.progress:
-            self._bar = tqdm(total=trainer.max_epochs, initial=self.server.server_round, desc="rounds",
-                             position=0, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=trainer.max_epochs,
+                initial=self.server.server_round,
+                desc="rounds",
+                position=0,
+                dynamic_ncols=True,
+            )
 
     # -- 1) configure_train ------------------------------------------------------------------
     def _plan_round(self, trainer: pl.Trainer, rnd: int) -> None:
@@ -146,8 +158,13 @@ class FederatedLoop(pl.Callback):
         self._round["t0"] = time.perf_counter()
         if trainer.is_global_zero and self.progress:
             total = len(self._round["mine"]) * self.local_steps
-            self._steps_bar = tqdm(total=total, desc=f"round {self._round['round']} local steps",
-                                   position=1, leave=False, dynamic_ncols=True)
+            self._steps_bar = tqdm(
+                total=total,
+                desc=f"round {self._round['round']} local steps",
+                position=1,
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     # -- 2) local training ---------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -156,9 +173,17 @@ class FederatedLoop(pl.Callback):
             return
         if self._client is None or self._client["id"] != client:
             self._snapshot.restore()  # every client starts from the round's global weights
-            indices = sample_seed_indices(self.seed, self._round["round"], client, self.local_steps, self._probs, self.k)
-            self._client = {"id": client, "acc": np.zeros(self.k, dtype=np.float64), "indices": indices,
-                            "loss": 0.0, "steps": 0, "skipped": 0}
+            indices = sample_seed_indices(
+                self.seed, self._round["round"], client, self.local_steps, self._probs, self.k
+            )
+            self._client = {
+                "id": client,
+                "acc": np.zeros(self.k, dtype=np.float64),
+                "indices": indices,
+                "loss": 0.0,
+                "steps": 0,
+                "skipped": 0,
+            }
         j = int(self._client["indices"][int(batch["local_step"])])
         pl_module.seed_choice = (j, self.pool[j])
         self._step_t0 = time.perf_counter()
@@ -196,12 +221,17 @@ class FederatedLoop(pl.Callback):
                 table[row, self.k :] = torch.tensor([loss, steps, skipped, nbytes], dtype=torch.float64)
         table = self._exact_sum(trainer, table)  # ... so the all-reduce sum adds only zeros: exact
         sizes = trainer.datamodule.client_sizes
-        uplinks = [Uplink(rnd, cid, table[row, : self.k].numpy().astype(np.float32)) for row, cid in enumerate(clients)]
+        uplinks = [
+            Uplink(rnd, cid, table[row, : self.k].numpy().astype(np.float32))
+            for row, cid in enumerate(clients)
+        ]
         down = self.server.aggregate_train(uplinks, [sizes[c] for c in clients])
         wire = encode_downlink(down, self.pool.fingerprint)
         down = decode_downlink(wire, self.k, self.pool.fingerprint, expected_round=rnd)
         self._snapshot.restore()
-        apply_scalars(pl_module.perturber, self.pool, down.scalars, pl_module.hparams.lr, pl_module.hparams.weight_decay)
+        apply_scalars(
+            pl_module.perturber, self.pool, down.scalars, pl_module.hparams.lr, pl_module.hparams.weight_decay
+        )
         self._snapshot.save()
         self.downlinks.append(down.scalars)
         self._probs = down.probabilities
@@ -232,8 +262,10 @@ class FederatedLoop(pl.Callback):
             if self.progress:
                 self._steps_bar.close()
                 self._bar.update(1)
-                self._bar.set_postfix(train_loss=f"{metrics['train/loss']:.4f}",
-                                      eval_loss=f"{metrics.get('eval/loss', float('nan')):.4f}")
+                self._bar.set_postfix(
+                    train_loss=f"{metrics['train/loss']:.4f}",
+                    eval_loss=f"{metrics.get('eval/loss', float('nan')):.4f}",
+                )
             self.write_summary(trainer, pl_module)
         self._plan_round(trainer, rnd + 1)
 
@@ -242,7 +274,9 @@ class FederatedLoop(pl.Callback):
             if self.progress:
                 self._bar.close()
             summary = self.write_summary(trainer, pl_module, final=True)
-            print(f"\n[kit] run directory: {self.run_dir}\n[kit] {json.dumps(_headline(summary))}", flush=True)
+            print(
+                f"\n[kit] run directory: {self.run_dir}\n[kit] {json.dumps(_headline(summary))}", flush=True
+            )
         self._snapshot.cleanup()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -288,8 +322,10 @@ class FederatedLoop(pl.Callback):
             "local_steps": self.local_steps,
             "method": "FedKSeed-Pro" if self.server.pro else "FedKSeed",
             "seed": self.seed,
-            "uplink_bytes_per_client_round": {"mean": float(np.mean(ups)) if ups else 0.0,
-                                              "max": int(max(ups)) if ups else 0},
+            "uplink_bytes_per_client_round": {
+                "mean": float(np.mean(ups)) if ups else 0.0,
+                "max": int(max(ups)) if ups else 0,
+            },
             "uplink_bytes_dense": 36 + 4 * self.k,
             "downlink_bytes_per_round": float(np.mean(h["downlink_bytes"])) if h["downlink_bytes"] else 0.0,
             "train_loss_per_round": h["train_loss"],
@@ -317,8 +353,12 @@ class FederatedLoop(pl.Callback):
 
     # -- checkpoint: the seed history, not the weights -----------------------------------------
     def state_dict(self) -> dict:
-        return {"server": self.server.state_dict(), "downlinks": [torch.from_numpy(g.copy()) for g in self.downlinks],
-                "history": self.history, "eval_loss_before": self.eval_loss_before}
+        return {
+            "server": self.server.state_dict(),
+            "downlinks": [torch.from_numpy(g.copy()) for g in self.downlinks],
+            "history": self.history,
+            "eval_loss_before": self.eval_loss_before,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.server.load_state_dict(state["server"])
@@ -336,6 +376,13 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def _headline(summary: dict) -> dict:
-    keys = ("rounds", "K", "uplink_bytes_per_client_round", "downlink_bytes_per_round",
-            "eval_loss_before", "eval_loss_after", "wall_time_s")
+    keys = (
+        "rounds",
+        "K",
+        "uplink_bytes_per_client_round",
+        "downlink_bytes_per_round",
+        "eval_loss_before",
+        "eval_loss_after",
+        "wall_time_s",
+    )
     return {k: summary[k] for k in keys}

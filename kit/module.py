@@ -89,7 +89,9 @@ class FedKSeedModule(pl.LightningModule):
             out = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
-        tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        tok = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        )
         mask = (labels != -100).float()
         return (tok * mask).sum(1) / mask.sum(1)
 
@@ -97,7 +99,9 @@ class FedKSeedModule(pl.LightningModule):
         if int(batch["client_id"]) < 0:
             return None  # a padding step: this process has fewer clients this round than another
         if self.seed_choice is None:
-            raise RuntimeError("FedKSeedModule trains only under the federated-loop callback (kit.loop.FederatedLoop)")
+            raise RuntimeError(
+                "FedKSeedModule trains only under the federated-loop callback (kit.loop.FederatedLoop)"
+            )
         index, seed = self.seed_choice
         step: ZOStep = zo_step(
             self.perturber,

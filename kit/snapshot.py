@@ -15,7 +15,9 @@ import torch
 class WeightSnapshot:
     """Save and restore a fixed list of float32 parameters, exactly (raw bytes)."""
 
-    def __init__(self, params: list[torch.Tensor], where: Literal["memory", "disk"], path: Path | None = None):
+    def __init__(
+        self, params: list[torch.Tensor], where: Literal["memory", "disk"], path: Path | None = None
+    ):
         if where == "disk" and path is None:
             raise ValueError("a disk snapshot needs a path")
         self.params, self.where, self.path = params, where, path

@@ -17,17 +17,24 @@ from .conftest import REPO
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kit.models import load_tokenizer
 
-    import torch
-
     tokenizer = load_tokenizer("smollm2-135m")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -36,13 +43,39 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 def _args(model_dir: Path, data_root: Path, run_dir: Path, rounds: int = 3) -> list[str]:
     return [
-        "fit", "--seed_everything", "1", "--run_dir", str(run_dir),
-        "--model.model", str(model_dir), "--model.lr", "1e-3", "--model.zo_eps", "1e-2",
-        "--data.dataset", "ni", "--data.data_root", str(data_root), "--data.max_length", "128",
-        "--data.eval_size", "16",
-        "--fed.num_seeds", "64", "--fed.fraction", "0.05", "--fed.local_steps", "3", "--fed.progress", "false",
-        "--fed.pro", "true",
-        "--trainer.accelerator", "cpu", "--trainer.max_epochs", str(rounds),
+        "fit",
+        "--seed_everything",
+        "1",
+        "--run_dir",
+        str(run_dir),
+        "--model.model",
+        str(model_dir),
+        "--model.lr",
+        "1e-3",
+        "--model.zo_eps",
+        "1e-2",
+        "--data.dataset",
+        "ni",
+        "--data.data_root",
+        str(data_root),
+        "--data.max_length",
+        "128",
+        "--data.eval_size",
+        "16",
+        "--fed.num_seeds",
+        "64",
+        "--fed.fraction",
+        "0.05",
+        "--fed.local_steps",
+        "3",
+        "--fed.progress",
+        "false",
+        "--fed.pro",
+        "true",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        str(rounds),
     ]
 
 
@@ -70,7 +103,10 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, data_root, tmp_path
     full, part = tmp_path / "full", tmp_path / "part"
     main(_args(tiny_model_dir, data_root, full, rounds=3))
     main(_args(tiny_model_dir, data_root, part, rounds=2))
-    main(_args(tiny_model_dir, data_root, part, rounds=3) + ["--ckpt_path", str(part / "checkpoints" / "last.ckpt")])
+    main(
+        _args(tiny_model_dir, data_root, part, rounds=3)
+        + ["--ckpt_path", str(part / "checkpoints" / "last.ckpt")]
+    )
     a, b = _summary(full), _summary(part)
     assert b["rounds"] == 3
     assert a["global_weights_sha256"] == b["global_weights_sha256"]
@@ -86,12 +122,25 @@ def test_two_processes_match_one(tiny_model_dir, data_root, tmp_path):
     summaries = []
     for devices in (1, 2):
         run = tmp_path / f"devices{devices}"
-        args = _args(tiny_model_dir, data_root, run) + ["--fed.fraction", "0.1", "--trainer.devices", str(devices),
-                                                        "--trainer.strategy", "fed_ddp" if devices > 1 else "auto"]
+        args = _args(tiny_model_dir, data_root, run) + [
+            "--fed.fraction",
+            "0.1",
+            "--trainer.devices",
+            str(devices),
+            "--trainer.strategy",
+            "fed_ddp" if devices > 1 else "auto",
+        ]
         subprocess.run([sys.executable, "-m", "kit", *args], cwd=REPO, env=env, check=True, timeout=600)
         summaries.append(_summary(run))
     one, two = summaries
     assert two["world_size"] == 2 and one["clients_per_round"] == 5
-    for key in ("global_weights_sha256", "train_loss_per_round", "eval_loss_per_round", "eval_loss_before",
-                "uplink_bytes_per_client_round", "downlink_bytes_per_round", "pro_probabilities_sorted"):
+    for key in (
+        "global_weights_sha256",
+        "train_loss_per_round",
+        "eval_loss_per_round",
+        "eval_loss_before",
+        "uplink_bytes_per_client_round",
+        "downlink_bytes_per_round",
+        "pro_probabilities_sorted",
+    ):
         assert one[key] == two[key], key

@@ -19,8 +19,16 @@ RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "recipes").rglob("*.yaml")
 def _parse(configs: list[str], tmp_path: Path) -> FedKSeedCLI:
     """Build the recipe's objects (no model or data is loaded); GPU recipes are moved to the CPU."""
     args = [arg for c in configs for arg in ("-c", c)]
-    args += ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-             "--run_dir", str(tmp_path)]
+    args += [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "auto",
+        "--run_dir",
+        str(tmp_path),
+    ]
     return FedKSeedCLI(FedKSeedModule, FederatedDataModule, run=False, args=args)
 
 

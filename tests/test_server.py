@@ -90,7 +90,9 @@ def test_replay_matches_server_model_bit_for_bit():
         apply_scalars(server_p, POOL, g, lr=0.01, weight_decay=0.1)
         wire.append(encode_downlink(Downlink(r, g), POOL.fingerprint))
     missed = [decode_downlink(d, 16, POOL.fingerprint, expected_round=i + 1) for i, d in enumerate(wire)]
-    replay(Perturber(list(client_model.parameters()), chunk_size=1000), POOL, missed, lr=0.01, weight_decay=0.1)
+    replay(
+        Perturber(list(client_model.parameters()), chunk_size=1000), POOL, missed, lr=0.01, weight_decay=0.1
+    )
     for a, b in zip(server_model.parameters(), client_model.parameters(), strict=True):
         assert torch.equal(a, b)
     merged_model = tiny_llama()
@@ -105,8 +107,12 @@ def test_replay_matches_server_model_bit_for_bit():
 
 def test_replay_refuses_a_gap():
     with pytest.raises(ValueError, match="consecutive"):
-        replay(Perturber(list(tiny_llama().parameters())), POOL,
-               [Downlink(1, np.zeros(16, np.float32)), Downlink(3, np.zeros(16, np.float32))], lr=0.1)
+        replay(
+            Perturber(list(tiny_llama().parameters())),
+            POOL,
+            [Downlink(1, np.zeros(16, np.float32)), Downlink(3, np.zeros(16, np.float32))],
+            lr=0.1,
+        )
 
 
 def test_server_state_round_trips_and_checks_the_pool():

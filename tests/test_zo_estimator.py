@@ -84,5 +84,7 @@ def test_nan_loss_restores_weights_and_skips_update():
 def test_grad_clip_skips_large_differences():
     model = tiny_llama()
     losses = iter([torch.tensor(5.0), torch.tensor(1.0)])
-    step = zo_step(Perturber(list(model.parameters())), lambda: next(losses), 0, 1, eps=1e-3, lr=1.0, grad_clip=1.0)
+    step = zo_step(
+        Perturber(list(model.parameters())), lambda: next(losses), 0, 1, eps=1e-3, lr=1.0, grad_clip=1.0
+    )
     assert step.skipped and step.loss == 5.0

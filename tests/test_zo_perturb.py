@@ -72,7 +72,9 @@ def test_perturb_then_restore_is_identity(tiny_model, keep_z):
         pert.add(42, scale * eps)
     for p, w in zip(params, before, strict=True):
         # +eps, -2 eps, +eps returns to theta up to fp32 rounding of eps*z on top of theta
-        assert torch.allclose(p, w, rtol=0, atol=4 * torch.finfo(torch.float32).eps * (w.abs().max() + eps * 8))
+        assert torch.allclose(
+            p, w, rtol=0, atol=4 * torch.finfo(torch.float32).eps * (w.abs().max() + eps * 8)
+        )
 
 
 def test_kept_and_regenerated_modes_give_identical_weights():

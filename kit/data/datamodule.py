@@ -3,9 +3,12 @@
     fedkseed fit -c recipes/<scenario>.yaml --data.dataset dolly --data.num_clients 200
 
 One Trainer epoch is one federated round: the loop Callback calls `set_round_plan` with this process's
-(client, steps) pairs, and the train loader yields those clients' batches in order. Every batch is a pure
-function of (seed, round, client, step), so results do not depend on the number of processes and a
-resumed run sees the same data; there is no loader state to checkpoint.
+(client, steps) pairs, and the train loader yields those clients' batches in order. The loader reads the
+plan when iteration starts, which Lightning does (and fetches a first batch) before `on_train_epoch_start`:
+set the plan in `on_fit_start` and at the end of the previous round. Every batch is a pure function of
+(seed, round, client, step), so results do not depend on the number of processes and a resumed run sees
+the same data; there is no loader state to checkpoint. A plan entry for client `IDLE_CLIENT` yields
+placeholder batches: padding steps that keep every process at the same number of steps.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from kit.data.dolly import dolly_example, heldout_sample, load_dolly, split_dolly
 from kit.data.examples import Example
 from kit.data.natural_instructions import load_ni
-from kit.data.tokenize import collate, encode_each
+from kit.data.tokenize import IGNORE_INDEX, collate, encode_each
 from kit.models import load_tokenizer
 from kit.paths import data_root
+
+IDLE_CLIENT = -1
 
 
 class FederatedDataModule(pl.LightningDataModule):
@@ -45,7 +51,9 @@ class FederatedDataModule(pl.LightningDataModule):
         dirichlet_alpha: Dirichlet concentration over Dolly categories (smaller = more skewed);
             null splits iid.
         heldout_category: Dolly category kept out of training and used for eval.
-        max_length: Tokens per example (prompt + response + EOS); the response end is truncated.
+        max_length: Tokens per example (prompt + response + EOS): a longer response is truncated, an
+            example whose prompt alone fills it is dropped. (NI inputs are first filtered at the
+            reference's 1024 characters.)
         batch_size: Examples per training and eval batch.
         eval_size: Held-out examples used for eval, a seeded sample; null = all of them.
         seed: Seed of the client split, the eval sample and every client's batch order.
@@ -188,9 +196,10 @@ class FederatedDataModule(pl.LightningDataModule):
         if round_idx < 0:
             raise ValueError(f"round_idx must be >= 0, got {round_idx}")
         for client_id, num_steps in plan:
-            if not 0 <= client_id < num_clients or num_steps < 0:
+            if not (0 <= client_id < num_clients or client_id == IDLE_CLIENT) or num_steps < 0:
                 raise ValueError(
-                    f"bad plan entry ({client_id}, {num_steps}): {num_clients} clients, steps >= 0"
+                    f"bad plan entry ({client_id}, {num_steps}): ids 0..{num_clients - 1} or {IDLE_CLIENT} "
+                    "(idle), steps >= 0"
                 )
         self._plan = (round_idx, [(int(c), int(s)) for c, s in plan])
 
@@ -206,17 +215,23 @@ class FederatedDataModule(pl.LightningDataModule):
             raise RuntimeError("set_round_plan must be called before iterating the train loader")
         round_idx, plan = self._plan
         for client_id, num_steps in plan:
-            indices = self._client_order(round_idx, client_id)
-            data = self._require_setup()[client_id]
-            for step in range(num_steps):
-                batch = collate([data[next(indices)] for _ in range(self.batch_size)], self._pad_id)
-                yield {**batch, "client_id": client_id, "local_step": step, "num_steps": num_steps}
+            rows = itertools.islice(self._client_rows(round_idx, client_id), num_steps)
+            for step, batch in enumerate(rows):
+                extra = {"client_id": client_id, "local_step": step, "num_steps": num_steps}
+                yield {**collate(batch, self._pad_id), **extra}
 
-    def _client_order(self, round_idx: int, client_id: int) -> Iterator[int]:
-        """Endless example order of a client in a round: fresh seeded permutations, one after another."""
+    def _client_rows(self, round_idx: int, client_id: int) -> Iterator[list[dict]]:
+        """Endless batches (lists of encodings) of a client in a round, drawn from seeded permutations one
+        after another; an idle client's rows are a single pad token with its label ignored."""
+        if client_id == IDLE_CLIENT:
+            row = {"input_ids": torch.tensor([self._pad_id]), "labels": torch.tensor([IGNORE_INDEX])}
+            while True:
+                yield [row] * self.batch_size
+        data = self._require_setup()[client_id]
         rng = np.random.default_rng([self.seed, round_idx, client_id])
-        size = len(self._require_setup()[client_id])
-        return itertools.chain.from_iterable(rng.permutation(size).tolist() for _ in itertools.count())
+        order = itertools.chain.from_iterable(rng.permutation(len(data)).tolist() for _ in itertools.count())
+        while True:
+            yield [data[next(order)] for _ in range(self.batch_size)]
 
     def _require_setup(self) -> list[list[dict]]:
         if self._clients is None:

@@ -2,7 +2,7 @@
 
     python -c "from kit.data.dolly import load_dolly; print(len(load_dolly(None)))"  # from the Hub
 
-The split follows the reference (`utils_data/load_data.py`); a local copy needs the data root.
+The split follows the reference (`utils_data/load_data.py`); pass a data root to read a local copy.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ final EOS is trained on even when the pad token is the EOS token (SmolLM2).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from kit.data.examples import Example
@@ -31,9 +33,10 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
 def encode_each(tokenizer, examples: list[Example], max_length: int) -> list[dict | None]:
     """`encode_example` for each of `examples`, with batched tokenizer calls; prompt + response is
     tokenised only for the examples whose prompt fits (tokenisation dominates data setup time)."""
-    prompts = tokenizer([ex.prompt for ex in examples])["input_ids"]
+    ids = partial(tokenizer, return_attention_mask=False, return_token_type_ids=False)
+    prompts = ids([ex.prompt for ex in examples])["input_ids"] if examples else []
     fits = [i for i, prompt_ids in enumerate(prompts) if len(prompt_ids) < max_length]
-    fulls = tokenizer([examples[i].prompt + examples[i].response for i in fits])["input_ids"] if fits else []
+    fulls = ids([examples[i].prompt + examples[i].response for i in fits])["input_ids"] if fits else []
     encoded: list[dict | None] = [None] * len(examples)
     for i, full_ids in zip(fits, fulls, strict=True):
         input_ids = torch.tensor((full_ids + [tokenizer.eos_token_id])[:max_length], dtype=torch.long)

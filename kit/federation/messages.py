@@ -106,7 +106,9 @@ def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: 
     if got_k != k:
         raise MessageError(f"{name} carries K={got_k} scalars but this federation uses K={k}")
     if fp != fingerprint:
-        raise MessageError(f"{name} was made for another seed pool (fingerprint {fp.hex()} != {fingerprint.hex()})")
+        raise MessageError(
+            f"{name} was made for another seed pool (fingerprint {fp.hex()} != {fingerprint.hex()})"
+        )
     if expected_round is not None and rnd != expected_round:
         raise MessageError(f"{name} is for round {rnd}, expected round {expected_round}")
     body = memoryview(data)[_HEADER.size : -_CRC.size]
@@ -133,7 +135,11 @@ def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: 
     probs = None
     if probs_size:
         probs = np.frombuffer(body[size:], dtype="<f4").copy()
-        if not np.all(np.isfinite(probs)) or np.any(probs < 0) or abs(float(probs.sum(dtype=np.float64)) - 1) > 1e-3:
+        if (
+            not np.all(np.isfinite(probs))
+            or np.any(probs < 0)
+            or abs(float(probs.sum(dtype=np.float64)) - 1) > 1e-3
+        ):
             raise MessageError(f"{name} probabilities are not a distribution over the K seeds")
     return rnd, client, scalars, probs
 

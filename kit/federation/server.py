@@ -20,7 +20,12 @@ def sample_clients(federation_seed: int, server_round: int, num_clients: int, fr
 
 
 def sample_seed_indices(
-    federation_seed: int, server_round: int, client_id: int, steps: int, probabilities: np.ndarray | None, k: int
+    federation_seed: int,
+    server_round: int,
+    client_id: int,
+    steps: int,
+    probabilities: np.ndarray | None,
+    k: int,
 ) -> np.ndarray:
     """The seed index of each local step of a client: uniform (FedKSeed) or by p (FedKSeed-Pro)."""
     rng = np.random.default_rng([federation_seed, server_round, client_id, 0x5EED])
@@ -69,15 +74,22 @@ class Server:
         total = aggregate([u.scalars for u in ups], weights).astype(np.float32)
         for u in ups:  # history: one entry per client and touched seed
             touched = np.flatnonzero(u.scalars)
-            self.abs_sum[touched] += np.minimum(np.abs(u.scalars[touched].astype(np.float64)), self.bias_loss_clip)
+            self.abs_sum[touched] += np.minimum(
+                np.abs(u.scalars[touched].astype(np.float64)), self.bias_loss_clip
+            )
             self.count[touched] += 1
         self.server_round += 1
         return Downlink(self.server_round, total, self.probabilities())
 
     def state_dict(self) -> dict:
         """Plain Python values (loadable by `torch.load(weights_only=True)`)."""
-        return {"server_round": self.server_round, "abs_sum": self.abs_sum.tolist(), "count": self.count.tolist(),
-                "k": self.pool.k, "fingerprint": self.pool.fingerprint.hex()}
+        return {
+            "server_round": self.server_round,
+            "abs_sum": self.abs_sum.tolist(),
+            "count": self.count.tolist(),
+            "k": self.pool.k,
+            "fingerprint": self.pool.fingerprint.hex(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["k"] != self.pool.k or state["fingerprint"] != self.pool.fingerprint.hex():
