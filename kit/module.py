@@ -74,21 +74,31 @@ class FedKSeedModule(pl.LightningModule):
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.no_grad()
-    def batch_loss(self, batch: dict) -> torch.Tensor:
-        """Mean cross-entropy over the batch's response tokens (labels != -100), in float32."""
+    def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 logits that predict the labelled tokens, and those labels.
+
+        The LM head runs only from the first labelled position on (`logits_to_keep`): prompt
+        positions need no vocabulary projection, which saves a large share of a small model's forward.
+        """
+        labels = batch["labels"]
+        labelled = (labels != -100).any(0).nonzero()
+        first = max(int(labelled[0]) if labelled.numel() else labels.shape[1] - 1, 1)
         with self._autocast():
-            out = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = out.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
+            out = self.net(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=labels.shape[1] - first + 1,
+            )
+        return out.logits[:, :-1].float(), labels[:, first:]
+
+    def batch_loss(self, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy over the batch's response tokens (labels != -100)."""
+        logits, labels = self.response_logits(batch)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
-    @torch.no_grad()
     def example_losses(self, batch: dict) -> torch.Tensor:
         """Per-example mean response-token loss (for eval; independent of the other examples' count)."""
-        with self._autocast():
-            out = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = out.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
+        logits, labels = self.response_logits(batch)
         tok = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
         )
