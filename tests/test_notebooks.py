@@ -1,0 +1,51 @@
+"""Every notebook in notebooks/ runs headless on two tiny real runs (FedKSeed and FedKSeed-Pro)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from kit.cli import main
+
+from .conftest import REPO
+from .test_federation_run import tiny_model_dir  # noqa: F401  (fixture)
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_model_dir, data_root, tmp_path_factory) -> list[Path]:  # noqa: F811
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for pro in ("false", "true"):
+        run = root / f"pro-{pro}"
+        main(["fit", "--seed_everything", "1", "--run_dir", str(run),
+              "--model.model", str(tiny_model_dir), "--model.lr", "1e-3", "--model.zo_eps", "1e-2",
+              "--data.dataset", "ni", "--data.data_root", str(data_root), "--data.max_length", "128",
+              "--data.eval_size", "16", "--fed.num_seeds", "64", "--fed.fraction", "0.05",
+              "--fed.local_steps", "3", "--fed.progress", "false", "--fed.pro", pro,
+              "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2"])
+        runs.append(run)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_executes(path: Path, two_runs, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("FEDKSEED_RUNS", os.pathsep.join(map(str, two_runs)))  # the kernel inherits it
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    if path.name != "analysis.ipynb":
+        return
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+    table_cell = next(c for c in nb.cells if "comparison_table(" in c.source)
+    table = "".join(o["data"].get("text/html", "") for o in table_cell.outputs if "data" in o)
+    assert "FedKSeed-Pro" in table and table.replace("FedKSeed-Pro", "").count("FedKSeed") >= 1
