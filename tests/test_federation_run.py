@@ -144,3 +144,12 @@ def test_two_processes_match_one(tiny_model_dir, data_root, tmp_path):
         "pro_probabilities_sorted",
     ):
         assert one[key] == two[key], key
+
+
+def test_wandb_logs_offline_without_an_account(tiny_model_dir, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    run = tmp_path / "run"
+    main(_args(tiny_model_dir, data_root, run, rounds=1) + ["--wandb", "true"])
+    offline_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
