@@ -29,6 +29,10 @@ class FedKSeedModule(pl.LightningModule):
         distribution: perturbation distribution, "gaussian" or "rademacher".
         keep_z: keep z between the three passes of a step (one extra copy of the weights, fewer
             draws); off regenerates z in every pass and needs no memory beyond the weights.
+        zo_backend: generator of z: "native" (compiled Philox kernels, CPU, ~4x faster than
+            torch's CPU generator; needs a C compiler), "torch" (a torch.Generator per chunk; CUDA
+            or CPU), or "auto" = native on CPU, torch on accelerators. Part of z's definition:
+            runs compare bit for bit only with the same backend and device type.
         forward_dtype: precision of the forward passes; master weights always stay float32.
     """
 
@@ -41,6 +45,7 @@ class FedKSeedModule(pl.LightningModule):
         grad_clip: float | None = None,
         distribution: Literal["gaussian", "rademacher"] = "gaussian",
         keep_z: bool = False,
+        zo_backend: Literal["auto", "torch", "native"] = "auto",
         forward_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ) -> None:
         super().__init__()
@@ -60,8 +65,14 @@ class FedKSeedModule(pl.LightningModule):
             return
         self.net = load_model(self.hparams.model, dtype="float32", device=self.trainer.strategy.root_device)
         self.net.requires_grad_(False)  # ZO needs no autograd graph
+        backend = self.hparams.zo_backend
+        if backend == "auto":
+            backend = "native" if self.trainer.strategy.root_device.type == "cpu" else "torch"
         self.perturber = Perturber(
-            [p for p in self.net.parameters()], self.hparams.distribution, keep_z=self.hparams.keep_z
+            list(self.net.parameters()),
+            self.hparams.distribution,
+            keep_z=self.hparams.keep_z,
+            backend=backend,
         )
 
     def configure_optimizers(self):
