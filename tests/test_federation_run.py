@@ -153,3 +153,16 @@ def test_wandb_logs_offline_without_an_account(tiny_model_dir, data_root, tmp_pa
     main(_args(tiny_model_dir, data_root, run, rounds=1) + ["--wandb", "true"])
     offline_runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
+
+
+def test_run_directory_rebuilds_the_trained_global_weights(tiny_model_dir, data_root, tmp_path):
+    from kit.loop import weights_digest
+    from kit.rebuild import load_run_model
+
+    run = tmp_path / "run"
+    main(_args(tiny_model_dir, data_root, run, rounds=2))
+    model, tokenizer = load_run_model(run)
+    assert weights_digest(model) == _summary(run)["global_weights_sha256"]
+    assert tokenizer.pad_token is not None
+    with pytest.raises(FileNotFoundError, match="fedkseed run directory"):
+        load_run_model(tmp_path)
