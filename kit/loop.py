@@ -56,6 +56,11 @@ class FederatedLoop(pl.Callback):
         seed: federation seed: the seed pool, client sampling and per-step seed choices.
         eval_every: eval loss every n rounds (0: only before training and after the last round).
         eval_batch_size: batch size of the eval-loss passes.
+        rouge_every: zero-shot Rouge-L every n rounds (0: only after the last round, if `rouge_at_end`).
+        rouge_at_end: zero-shot Rouge-L of the final global model (greedy, 128 new tokens).
+        rouge_suites: suites for Rouge-L, "ni" and/or "dolly" (default: the run's own dataset).
+        rouge_limit: at most this many examples per suite (default: the whole suite; NI samples
+            max(20, 2%) per test task, Dolly a seeded 200 of the held-out category).
         snapshot: where the global weights wait while clients train: "memory", "disk" or "auto"
             (disk on CPU, host memory on accelerators).
         run_dir: where the run writes config, metrics, checkpoints and summary.json.
@@ -74,6 +79,10 @@ class FederatedLoop(pl.Callback):
         seed: int = 42,
         eval_every: int = 1,
         eval_batch_size: int = 8,
+        rouge_every: int = 0,
+        rouge_at_end: bool = True,
+        rouge_suites: list[str] | None = None,
+        rouge_limit: int | None = None,
         snapshot: Literal["auto", "memory", "disk"] = "auto",
         run_dir: str | None = None,
         progress: bool = True,
@@ -82,8 +91,13 @@ class FederatedLoop(pl.Callback):
             raise ValueError(f"--fed.fraction must be in (0, 1], got {fraction}")
         if local_steps < 1 or num_seeds < 1:
             raise ValueError("--fed.local_steps and --fed.num_seeds must be >= 1")
-        if eval_every < 0:
-            raise ValueError("--fed.eval_every must be >= 0")
+        if eval_every < 0 or rouge_every < 0:
+            raise ValueError("--fed.eval_every and --fed.rouge_every must be >= 0")
+        if rouge_suites is not None and not set(rouge_suites) <= {"ni", "dolly"}:
+            raise ValueError(f"--fed.rouge_suites must name 'ni' and/or 'dolly', got {rouge_suites}")
+        self.rouge_every, self.rouge_at_end = rouge_every, rouge_at_end
+        self.rouge_suites, self.rouge_limit = rouge_suites, rouge_limit
+        self.rouge: dict[str, float] = {}
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
         self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
         self.run_dir = Path(run_dir) if run_dir else None
@@ -249,6 +263,8 @@ class FederatedLoop(pl.Callback):
         last = rnd == trainer.max_epochs
         if last or (self.eval_every and rnd % self.eval_every == 0):
             metrics["eval/loss"] = self._eval_loss(trainer, pl_module)
+        if (last and self.rouge_at_end) or (self.rouge_every and rnd % self.rouge_every == 0):
+            metrics.update(self._rouge(trainer, pl_module, rnd))
         h = self.history
         h["train_loss"].append(metrics["train/loss"])
         h["eval_loss"].append(metrics.get("eval/loss"))
@@ -302,6 +318,31 @@ class FederatedLoop(pl.Callback):
         finite = losses[torch.isfinite(losses)]
         return float(finite.mean()) if finite.numel() else float("nan")
 
+    def _rouge(self, trainer: pl.Trainer, pl_module, rnd: int) -> dict:
+        """Zero-shot Rouge-L (0-100) of the current global model; process 0 generates, others wait."""
+        if not trainer.is_global_zero:
+            return {}
+        from eval.evaluate import evaluate
+        from kit.models import load_tokenizer
+        from kit.paths import data_root
+
+        dm = trainer.datamodule
+        out_dir = self.run_dir / "eval" / f"round_{rnd}"
+        results = evaluate(
+            pl_module.net,
+            load_tokenizer(pl_module.hparams.model),
+            self.rouge_suites or [dm.dataset],
+            data_root=data_root(dm.data_root),
+            limit=self.rouge_limit,
+            seed=dm.seed,
+            out_dir=out_dir,
+            progress=self.progress,
+        )
+        self.rouge = {name: r["rougeL"] for name, r in results.items()}
+        self.history.setdefault("rougeL", []).append({"round": rnd, **self.rouge})
+        _log_rouge_tables(trainer, results, out_dir)
+        return {f"eval/rougeL_{name}": score for name, score in self.rouge.items()}
+
     @staticmethod
     def _log(trainer: pl.Trainer, metrics: dict, step: int) -> None:
         if trainer.is_global_zero:
@@ -333,6 +374,8 @@ class FederatedLoop(pl.Callback):
             "eval_loss_before": self.eval_loss_before,
             "eval_loss_after": evals[-1] if evals else None,
             "skipped_steps": int(sum(h["skipped_steps"])),
+            "rougeL": self.rouge or None,
+            "rougeL_per_round": h.get("rougeL", []),
             "pro_probabilities_sorted": h["probabilities"] if self.server.pro else None,
             "dropped_examples": dm.dropped,
             "wall_time_s": time.perf_counter() - self._t0,
@@ -365,6 +408,7 @@ class FederatedLoop(pl.Callback):
         self.downlinks = [g.numpy().astype(np.float32) for g in state["downlinks"]]
         self.history = state["history"]
         self.eval_loss_before = state["eval_loss_before"]
+        self.rouge = state["rouge"]
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -375,6 +419,24 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _log_rouge_tables(trainer: pl.Trainer, results: dict, out_dir: Path) -> None:
+    """W&B tables of per-task Rouge-L and the first generations of each suite (when W&B is on)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    columns = ["task", "prompt", "reference", "prediction", "rougeL"]
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        for name, result in results.items():
+            rows = [[task, r["rougeL"], r["n"]] for task, r in sorted(result["per_task"].items())]
+            logger.log_table(f"rougeL/{name}_per_task", columns=["task", "rougeL", "n"], data=rows)
+            lines = (out_dir / f"generations_{name}.jsonl").read_text().splitlines()[:32]
+            gens = [json.loads(line) for line in lines]
+            logger.log_table(
+                f"rougeL/{name}_generations", columns=columns, data=[[g[c] for c in columns] for g in gens]
+            )
+
+
 def _headline(summary: dict) -> dict:
     keys = (
         "rounds",
@@ -383,6 +445,7 @@ def _headline(summary: dict) -> dict:
         "downlink_bytes_per_round",
         "eval_loss_before",
         "eval_loss_after",
+        "rougeL",
         "wall_time_s",
     )
     return {k: summary[k] for k in keys}

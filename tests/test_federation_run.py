@@ -72,6 +72,8 @@ def _args(model_dir: Path, data_root: Path, run_dir: Path, rounds: int = 3) -> l
         "false",
         "--fed.pro",
         "true",
+        "--fed.rouge_limit",
+        "9",
         "--trainer.accelerator",
         "cpu",
         "--trainer.max_epochs",
@@ -93,6 +95,9 @@ def test_run_writes_config_metrics_checkpoint_and_summary(tiny_model_dir, data_r
     assert s["downlink_bytes_per_round"] > 4 * 64  # Pro downlinks carry K probabilities
     assert s["eval_loss_before"] > 0 and s["eval_loss_after"] > 0
     assert len(s["pro_probabilities_sorted"]) == 2
+    assert 0 <= s["rougeL"]["ni"] <= 100  # zero-shot Rouge-L of the final model, one example per NI test task
+    generations = (run / "eval" / "round_2" / "generations_ni.jsonl").read_text().splitlines()
+    assert len(generations) == 9
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and ckpt.stat().st_size < 200_000  # seed history, not weights
