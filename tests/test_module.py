@@ -40,3 +40,12 @@ def test_example_losses_are_per_example_means():
     for i in range(2):
         row = {k: v[i : i + 1] for k, v in batch.items()}
         torch.testing.assert_close(per_example[i], _full_logits_loss(module, row))
+
+
+def test_low_precision_forward_keeps_float32_master_weights():
+    module, batch = _module(), _batch()
+    module.hparams.forward_dtype = "bfloat16"
+    loss = module.batch_loss(batch)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in module.net.parameters())
+    assert not torch.equal(loss, _full_logits_loss(module, batch))  # bf16 matmuls really ran
