@@ -19,6 +19,7 @@ from transformers import GenerationConfig
 
 CPU_BATCH_SIZE = 16
 GPU_BATCH_SIZE = 64
+TOKENS_PER_ROW = 256  # a batch holds at most batch_size * TOKENS_PER_ROW padded prompt tokens
 
 
 def generate_batched(
@@ -32,9 +33,12 @@ def generate_batched(
 ) -> list[str]:
     """Greedy continuations of `prompts` (new tokens only, special tokens removed), in input order.
 
-    `batch_size` is the first size tried (default 16 on CPU, 64 on an accelerator); it is halved
-    after an out-of-memory error and the prompts already done are kept.
+    A batch holds at most `batch_size` prompts and `batch_size * TOKENS_PER_ROW` padded prompt tokens,
+    so long prompts go in smaller batches. `batch_size` is the first size tried (default 16 on CPU, 64
+    on an accelerator); it is halved after an out-of-memory error, keeping the prompts already done.
     """
+    if not prompts:
+        return []
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -42,9 +46,7 @@ def generate_batched(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else []
-    # Longest first: similar lengths share a batch (little padding) and an OOM shows up at once.
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     outputs: list[str | None] = [None] * len(prompts)
     size = batch_size or (CPU_BATCH_SIZE if model.device.type == "cpu" else GPU_BATCH_SIZE)
 
@@ -56,9 +58,8 @@ def generate_batched(
     @find_executable_batch_size(starting_batch_size=size, reduce_batch_size_fn=halve)
     @torch.inference_mode()
     def run(current: int) -> None:
-        todo = [i for i in order if outputs[i] is None]
-        for start in range(0, len(todo), current):
-            rows = todo[start : start + current]
+        todo = [i for i, text in enumerate(outputs) if text is None]
+        for rows in plan_batches(lengths, todo, current):
             texts = _generate(model, tokenizer, [prompts[i] for i in rows], config)
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = text
@@ -67,6 +68,23 @@ def generate_batched(
     with tqdm(total=len(prompts), desc="generate", unit="ex", disable=not progress) as bar:
         run()
     return outputs
+
+
+def plan_batches(lengths: list[int], indices: list[int], batch_size: int) -> list[list[int]]:
+    """`indices` longest prompt first, cut into batches of at most `batch_size` prompts and
+    `batch_size * TOKENS_PER_ROW` padded tokens (a longer prompt alone makes a batch).
+
+    Longest first puts similar lengths together (little padding) and shows an out-of-memory error at once.
+    """
+    budget = batch_size * TOKENS_PER_ROW
+    batches: list[list[int]] = []
+    for i in sorted(indices, key=lambda i: -lengths[i]):
+        last = batches[-1] if batches else []
+        if last and len(last) < batch_size and (len(last) + 1) * lengths[last[0]] <= budget:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _generate(model, tokenizer, prompts: list[str], config: GenerationConfig) -> list[str]:

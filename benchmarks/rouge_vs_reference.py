@@ -1,0 +1,87 @@
+"""Our Rouge-L (`rouge-score`, eval/rouge.py) vs the reference's (pltrdy `rouge==1.0.1`) on real pairs.
+
+    pip install rouge==1.0.1   # the reference's scorer; not a dependency of the kit
+    python benchmarks/rouge_vs_reference.py                                   # Dolly responses vs each other
+    python benchmarks/rouge_vs_reference.py --generations runs/eval/generations_dolly.jsonl
+
+Pairs: each `--generations` file written by `python -m eval --out DIR` (prediction vs reference), or, without
+one, the 200 held-out Dolly responses each scored against the next one. Prints one JSON line per source:
+means on 0-100 of ours, ours with the Porter stemmer, and the reference's (scored as `evaluations.py` does:
+an empty prediction or a ValueError gives 0), and the mean and max absolute per-pair differences.
+See docs/rouge.md for why they differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rouge_score.rouge_scorer import RougeScorer
+
+from eval.rouge import rouge_l
+from eval.suites import build_suite
+from kit.paths import DATA_ROOT_ENV
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def reference_rouge_l(prediction: str, reference: str) -> float:
+    """Rouge-L F as the reference computes it (`evaluations.py`), in [0, 1]."""
+    from rouge import Rouge
+
+    if prediction == "":
+        return 0.0
+    try:
+        return Rouge().get_scores([prediction], [reference])[0]["rouge-l"]["f"]
+    except ValueError:
+        return 0.0
+
+
+def compare(source: str, pairs: list[tuple[str, str]]) -> dict:
+    """Means (0-100) of the three scorers over `pairs` (prediction, reference) and their differences."""
+    stemmed = RougeScorer(["rougeL"], use_stemmer=True)
+    ours = [100 * rouge_l(p, r) for p, r in pairs]
+    ours_stem = [100 * stemmed.score(r, p)["rougeL"].fmeasure if p.strip() else 0.0 for p, r in pairs]
+    theirs = [100 * reference_rouge_l(p, r) for p, r in pairs]
+
+    def diffs(scores: list[float]) -> dict:
+        gaps = [abs(a - b) for a, b in zip(scores, theirs, strict=True)]
+        return {"mean_abs_diff": round(sum(gaps) / len(gaps), 2), "max_abs_diff": round(max(gaps), 2)}
+
+    return {
+        "source": source,
+        "n": len(pairs),
+        "ours": round(sum(ours) / len(ours), 2),
+        "ours_stemmed": round(sum(ours_stem) / len(ours_stem), 2),
+        "reference": round(sum(theirs) / len(theirs), 2),
+        "ours_vs_reference": diffs(ours),
+        "ours_stemmed_vs_reference": diffs(ours_stem),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generations", type=Path, nargs="*", default=[], help="generations_*.jsonl files")
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_ROOT))
+    args = parser.parse_args()
+    try:
+        import rouge  # noqa: F401
+    except ImportError:
+        sys.exit("pltrdy `rouge` is not installed: `pip install rouge==1.0.1` (the reference's scorer) first")
+
+    if args.generations:
+        for path in args.generations:
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            pairs = [(row["prediction"], row["reference"]) for row in rows]
+            print(json.dumps(compare(path.name, pairs)), flush=True)
+    else:
+        responses = [ex.response for ex in build_suite("dolly", args.data_root)]
+        pairs = list(zip(responses, responses[1:] + responses[:1], strict=True))
+        print(json.dumps(compare("dolly responses vs the next response", pairs)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

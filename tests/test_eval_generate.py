@@ -1,0 +1,80 @@
+"""Batched greedy generation on the real SmolLM2 gives what one-prompt-at-a-time generation gives; batches
+are planned longest first within the row and padded-token limits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eval.generate import generate_batched, plan_batches
+from kit.data.prompts import dolly_prompt
+from kit.models import load_model, load_tokenizer
+
+PASSAGE = (
+    "The Amazon rainforest covers much of the Amazon basin of South America. The basin spans about seven "
+    "million square kilometres, of which the rainforest covers five and a half million. The region includes "
+    "territory belonging to nine nations, and most of the forest lies within Brazil, followed by Peru and "
+    "Colombia. It represents over half of the planet's remaining rainforests and is the most biodiverse "
+    "tract of tropical rainforest in the world, with an estimated 390 billion individual trees."
+)
+# Not sorted by length, so the outputs must be put back in input order.
+PROMPTS = [
+    dolly_prompt("Summarize this passage in one sentence.", PASSAGE),
+    dolly_prompt("Name a primary color.", ""),
+    dolly_prompt("Which country holds most of the forest?", PASSAGE[:200]),
+    "Hello",
+    dolly_prompt("List three uses of rain forests, then explain which matters most and why.", PASSAGE * 2),
+    dolly_prompt("Translate 'good morning' into French.", ""),
+]
+MAX_NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    return load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(model_and_tokenizer) -> list[str]:
+    """Generation as the reference does it: one prompt, no padding, no attention mask."""
+    model, tokenizer = model_and_tokenizer
+    outputs = []
+    with torch.inference_mode():
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            tokens = model.generate(
+                ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            outputs.append(tokenizer.decode(tokens[0, ids.shape[1] :], skip_special_tokens=True))
+    return outputs
+
+
+@pytest.mark.slow
+def test_prompts_have_clearly_different_lengths(model_and_tokenizer) -> None:
+    lengths = [len(ids) for ids in model_and_tokenizer[1](PROMPTS)["input_ids"]]
+    assert len(set(lengths)) == len(PROMPTS)
+    assert max(lengths) > 50 * min(lengths)
+
+
+@pytest.mark.slow
+def test_batched_generation_matches_one_at_a_time(model_and_tokenizer, one_at_a_time) -> None:
+    model, tokenizer = model_and_tokenizer
+    # two left-padded batches of three (the 1-token prompt padded to ~40 tokens), put back in input order
+    batched = generate_batched(model, tokenizer, PROMPTS, max_new_tokens=MAX_NEW_TOKENS, batch_size=3)
+    assert batched == one_at_a_time
+    assert any(batched)  # the comparison is not vacuous
+
+
+def test_no_prompts_no_outputs() -> None:
+    assert generate_batched(None, None, []) == []
+
+
+def test_plan_batches_longest_first_within_row_and_token_limits() -> None:
+    lengths = [10, 600, 20, 300, 30, 5, 250]
+    batches = plan_batches(lengths, [0, 1, 2, 3, 4, 5, 6], batch_size=3)  # at most 3 rows, 768 tokens
+    assert batches == [[1], [3, 6], [4, 2, 0], [5]]
+    assert plan_batches(lengths, [0, 2, 5], batch_size=3) == [[2, 0, 5]]  # only the given indices
+
+
+def test_plan_batches_gives_a_too_long_prompt_its_own_batch() -> None:
+    assert plan_batches([5000, 10], [0, 1], batch_size=2) == [[0], [1]]
