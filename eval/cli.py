@@ -1,6 +1,8 @@
 """Command line of the zero-shot eval: `python -m eval` and `fedkseed eval`.
 
-    python -m eval --model smollm2-135m --suite ni --limit 20 --data-root ../shared/data --out runs/eval
+python -m eval --model smollm2-135m --suite ni --limit 20 --data-root ../shared/data --out runs/eval
+fedkseed eval --run runs/quickstart --suite dolly      # a run's final global model, rebuilt
+fedkseed eval --run runs/x --ckpt runs/x/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Add the eval options to `parser` (shared by `python -m eval` and `fedkseed eval`)."""
     add = parser.add_argument
     add("--model", default="smollm2-135m", help="embedded name, Hub id or local model folder")
+    add(
+        "--run",
+        type=Path,
+        default=None,
+        help="a run directory: evaluate its global model (rebuilt by replay)",
+    )
+    add(
+        "--ckpt", type=Path, default=None, help="with --run: this checkpoint instead of checkpoints/last.ckpt"
+    )
     add("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
     add("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     add("--suite", action="append", choices=SUITES, help="suite to run; repeat for several (default: all)")
@@ -42,8 +53,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def run_eval(args: argparse.Namespace) -> dict[str, dict]:
     """Load the model named by `args`, evaluate it, print one line per suite and return the results."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, args.dtype, device)
-    tokenizer = load_tokenizer(args.model)
+    if args.run is not None:
+        from kit.rebuild import load_run_model
+
+        model, tokenizer = load_run_model(args.run, args.ckpt, device)
+    else:
+        model, tokenizer = load_model(args.model, args.dtype, device), load_tokenizer(args.model)
     results = evaluate(
         model,
         tokenizer,

@@ -171,3 +171,13 @@ def test_run_directory_rebuilds_the_trained_global_weights(tiny_model_dir, data_
     assert tokenizer.pad_token is not None
     with pytest.raises(FileNotFoundError, match="fedkseed run directory"):
         load_run_model(tmp_path)
+
+
+def test_fedkseed_eval_scores_a_run_directory(tiny_model_dir, data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    main(_args(tiny_model_dir, data_root, run, rounds=1))
+    capsys.readouterr()
+    main(["eval", "--run", str(run), "--suite", "ni", "--limit", "3", "--max-new-tokens", "4",
+          "--data-root", str(data_root), "--out", str(tmp_path / "eval"), "--no-progress"])  # fmt: skip
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["ni"]["n"] == 3 and (tmp_path / "eval" / "generations_ni.jsonl").is_file()
