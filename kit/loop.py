@@ -401,6 +401,7 @@ class FederatedLoop(pl.Callback):
             "downlinks": [torch.from_numpy(g.copy()) for g in self.downlinks],
             "history": self.history,
             "eval_loss_before": self.eval_loss_before,
+            "rouge": self.rouge,
         }
 
     def load_state_dict(self, state: dict) -> None:
