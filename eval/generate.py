@@ -36,6 +36,7 @@ def generate_batched(
     A batch holds at most `batch_size` prompts and `batch_size * TOKENS_PER_ROW` padded prompt tokens,
     so long prompts go in smaller batches. `batch_size` is the first size tried (default 16 on CPU, 64
     on an accelerator); it is halved after an out-of-memory error, keeping the prompts already done.
+    The tokenizer needs a pad token (`kit.models.load_tokenizer` sets one).
     """
     if not prompts:
         return []
