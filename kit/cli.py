@@ -72,9 +72,6 @@ class FedKSeedCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = resolve_run_dir(cfg.get("run_dir"))
-        for cb in callbacks:
-            if isinstance(cb, FederatedLoop):
-                cb.run_dir = Path(run_dir)
         config["default_root_dir"] = run_dir
         loggers = [CSVLogger(run_dir, name="", version="")]
         if cfg.get("wandb"):

@@ -63,7 +63,6 @@ class FederatedLoop(pl.Callback):
             max(20, 2%) per test task, Dolly a seeded 200 of the held-out category).
         snapshot: where the global weights wait while clients train: "memory", "disk" or "auto"
             (disk on CPU, host memory on accelerators).
-        run_dir: where the run writes config, metrics, checkpoints and summary.json.
         progress: show progress bars on rounds and local steps.
     """
 
@@ -84,7 +83,6 @@ class FederatedLoop(pl.Callback):
         rouge_suites: list[str] | None = None,
         rouge_limit: int | None = None,
         snapshot: Literal["auto", "memory", "disk"] = "auto",
-        run_dir: str | None = None,
         progress: bool = True,
     ) -> None:
         if not 0 < fraction <= 1:
@@ -100,7 +98,7 @@ class FederatedLoop(pl.Callback):
         self.rouge: dict[str, float] = {}
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
         self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
-        self.run_dir = Path(run_dir) if run_dir else None
+        self.run_dir: Path | None = None  # the Trainer's default_root_dir (the CLI's --run_dir)
         self.progress = progress
         self.pool = SeedPool(num_seeds, seed)
         self.server = Server(self.pool, pro, bias_loss_clip, pro_temperature, equal_weights)
@@ -122,8 +120,7 @@ class FederatedLoop(pl.Callback):
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self.run_dir is None:
-            self.run_dir = Path(trainer.default_root_dir)
+        self.run_dir = Path(trainer.default_root_dir)
         trainer.datamodule.setup("fit")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
