@@ -6,8 +6,9 @@
 
 Pairs: each `--generations` file written by `python -m eval --out DIR` (prediction vs reference), or, without
 one, the 200 held-out Dolly responses each scored against the next one. Prints one JSON line per source:
-means on 0-100 of ours, ours with the Porter stemmer, and the reference's (scored as `evaluations.py` does:
-an empty prediction or a ValueError gives 0), and the mean and max absolute per-pair differences.
+means on 0-100 of ours (stemmed), ours without the stemmer, and the reference's (scored as
+`evaluations.py` does: an empty prediction or a ValueError gives 0), and the mean and max absolute
+per-pair differences.
 See docs/rouge.md for why they differ.
 """
 
@@ -42,9 +43,9 @@ def reference_rouge_l(prediction: str, reference: str) -> float:
 
 def compare(source: str, pairs: list[tuple[str, str]]) -> dict:
     """Means (0-100) of the three scorers over `pairs` (prediction, reference) and their differences."""
-    stemmed = RougeScorer(["rougeL"], use_stemmer=True)
+    unstemmed = RougeScorer(["rougeL"], use_stemmer=False)
     ours = [100 * rouge_l(p, r) for p, r in pairs]
-    ours_stem = [100 * stemmed.score(r, p)["rougeL"].fmeasure if p.strip() else 0.0 for p, r in pairs]
+    ours_raw = [100 * unstemmed.score(r, p)["rougeL"].fmeasure if p.strip() else 0.0 for p, r in pairs]
     theirs = [100 * reference_rouge_l(p, r) for p, r in pairs]
 
     def diffs(scores: list[float]) -> dict:
@@ -55,10 +56,10 @@ def compare(source: str, pairs: list[tuple[str, str]]) -> dict:
         "source": source,
         "n": len(pairs),
         "ours": round(sum(ours) / len(ours), 2),
-        "ours_stemmed": round(sum(ours_stem) / len(ours_stem), 2),
+        "ours_no_stemmer": round(sum(ours_raw) / len(ours_raw), 2),
         "reference": round(sum(theirs) / len(theirs), 2),
         "ours_vs_reference": diffs(ours),
-        "ours_stemmed_vs_reference": diffs(ours_stem),
+        "ours_no_stemmer_vs_reference": diffs(ours_raw),
     }
 
 

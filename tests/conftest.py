@@ -44,3 +44,71 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.fail(f"shared data not found at {root}; set FEDKSEED_DATA_ROOT")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved 1-layer random Llama with SmolLM2's tokenizer (real vocabulary, tiny weights)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kit.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def fed_args(model_dir: Path, data_root: Path, run_dir: Path, rounds: int = 3) -> list[str]:
+    """`fedkseed fit` arguments of a tiny seeded FedKSeed-Pro federation on the shipped NI data."""
+    return [
+        "fit",
+        "--seed_everything",
+        "1",
+        "--run_dir",
+        str(run_dir),
+        "--model.model",
+        str(model_dir),
+        "--model.lr",
+        "1e-3",
+        "--model.zo_eps",
+        "1e-2",
+        "--data.dataset",
+        "ni",
+        "--data.data_root",
+        str(data_root),
+        "--data.max_length",
+        "128",
+        "--data.eval_size",
+        "16",
+        "--fed.num_seeds",
+        "64",
+        "--fed.fraction",
+        "0.05",
+        "--fed.local_steps",
+        "3",
+        "--fed.progress",
+        "false",
+        "--fed.pro",
+        "true",
+        "--fed.rouge_limit",
+        "9",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        str(rounds),
+    ]

@@ -1,7 +1,7 @@
 """Rouge-L of known pairs, each worked out by hand.
 
-rouge-score lower-cases, keeps runs of [a-z0-9] as tokens, does not stem (our choice), and
-F = 2PR / (P + R) with P = LCS / |prediction tokens| and R = LCS / |reference tokens|.
+rouge-score lower-cases, keeps runs of [a-z0-9] as tokens, Porter-stems tokens longer than 3 characters
+(our choice), and F = 2PR / (P + R) with P = LCS / |prediction tokens| and R = LCS / |reference tokens|.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from eval.rouge import aggregate, rouge_l
         ("b a", "a b", 0.5),
         # repeated words: LCS 1; P = 1/3, R = 1/1, F = 2 * (1/3) / (4/3) = 1/2
         ("a a a", "a", 0.5),
-        # no stemming: "running"/"run" and "dogs"/"dog" differ, LCS 0
-        ("running dogs", "run dog", 0.0),
+        # stemming: running -> run, dogs -> dog; the same two tokens, F = 1
+        ("running dogs", "run dog", 1.0),
+        # [the, studi] vs [studi]: LCS 1; P = 1/2, R = 1/1, F = 2 * (1/2) / (3/2) = 2/3
+        ("The studies", "study", 2 / 3),
         ("completely different", "nothing shared", 0.0),
     ],
 )

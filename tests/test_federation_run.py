@@ -13,72 +13,7 @@ import pytest
 from kit.cli import main
 
 from .conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from kit.models import load_tokenizer
-
-    tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def _args(model_dir: Path, data_root: Path, run_dir: Path, rounds: int = 3) -> list[str]:
-    return [
-        "fit",
-        "--seed_everything",
-        "1",
-        "--run_dir",
-        str(run_dir),
-        "--model.model",
-        str(model_dir),
-        "--model.lr",
-        "1e-3",
-        "--model.zo_eps",
-        "1e-2",
-        "--data.dataset",
-        "ni",
-        "--data.data_root",
-        str(data_root),
-        "--data.max_length",
-        "128",
-        "--data.eval_size",
-        "16",
-        "--fed.num_seeds",
-        "64",
-        "--fed.fraction",
-        "0.05",
-        "--fed.local_steps",
-        "3",
-        "--fed.progress",
-        "false",
-        "--fed.pro",
-        "true",
-        "--fed.rouge_limit",
-        "9",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.max_epochs",
-        str(rounds),
-    ]
+from .conftest import fed_args as _args
 
 
 def _summary(run_dir: Path) -> dict:

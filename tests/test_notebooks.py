@@ -10,13 +10,12 @@ import pytest
 from kit.cli import main
 
 from .conftest import REPO
-from .test_federation_run import tiny_model_dir  # noqa: F401  (fixture)
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_model_dir, data_root, tmp_path_factory) -> list[Path]:  # noqa: F811
+def two_runs(tiny_model_dir, data_root, tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
     runs = []
     for pro in ("false", "true"):
