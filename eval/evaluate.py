@@ -30,19 +30,30 @@ def evaluate(
     seed: int = 42,
     out_dir: Path | None = None,
     dolly_size: int | None = 200,
+    heldout_category: str = "summarization",
     max_new_tokens: int = 128,
     batch_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict]:
     """Per suite `{"rougeL": mean 0-100, "n": count, "per_task": {task: {"rougeL", "n"}}}`.
 
+    `dolly` scores a seeded `dolly_size` sample (None: all) of the held-out `heldout_category`.
+
     With `out_dir`, also writes `generations_<suite>.jsonl` (one line per example) and
     `rouge_<suite>.json` (the result and the settings that produced it).
     """
-    settings = {"seed": seed, "limit": limit, "dolly_size": dolly_size, "max_new_tokens": max_new_tokens}
+    settings = {
+        "seed": seed,
+        "limit": limit,
+        "dolly_size": dolly_size,
+        "heldout_category": heldout_category,
+        "max_new_tokens": max_new_tokens,
+    }
     results = {}
     for name in suites:
-        examples = build_suite(name, data_root, seed=seed, dolly_size=dolly_size, limit=limit)
+        examples = build_suite(
+            name, data_root, seed=seed, dolly_size=dolly_size, heldout_category=heldout_category, limit=limit
+        )
         prompts = [ex.prompt for ex in examples]
         predictions = generate_batched(
             model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress

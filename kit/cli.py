@@ -1,11 +1,13 @@
 """The `fedkseed` command (also `python -m kit`).
 
     fedkseed fit -c recipes/quickstart.yaml                 # train, writes runs/<recipe>-<time>/
+    fedkseed fit -c recipes/quickstart.yaml -c recipes/methods/fedit.yaml   # a baseline, same harness
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --fed.local_steps 5
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --ckpt_path runs/qs/checkpoints/last.ckpt
     fedkseed fit --help                                     # every option, documented
 
-Config is LightningCLI/jsonargparse: `model` = FedKSeedModule (ZO args), `data` =
+Config is LightningCLI/jsonargparse: `method` = the federated method, `model` = FedKSeedModule (the
+client's model and the methods' hyperparameters), `data` =
 FederatedDataModule, `fed` = FederatedLoop (federation args), `trainer` = Lightning's Trainer
 (`max_epochs` = rounds, `devices`/`strategy: fed_ddp` for several processes).
 """
@@ -24,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 import kit.strategy  # noqa: F401  (registers the fed_ddp strategy)
 from kit.data.datamodule import FederatedDataModule
 from kit.loop import FederatedLoop
-from kit.module import FedKSeedModule
+from kit.module import FedKSeedModule, MethodName
 
 RUN_DIR_ENV = "FEDKSEED_RUN_DIR"
 
@@ -44,6 +46,14 @@ class FedKSeedCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(FederatedLoop, "fed")
+        parser.add_argument(
+            "--method",
+            type=MethodName,
+            default="fedkseed",
+            help="Federated method: fedkseed, fedkseed-pro, fedzo, fedit, fedit-sgd, fedptuning, fedprompt, "
+            "fedavg (settings: recipes/methods/<name>.yaml).",
+        )
+        parser.link_arguments("method", "model.method")
         parser.add_argument(
             "--run_dir",
             type=str | None,

@@ -1,7 +1,8 @@
-"""The LightningModule: manual optimisation, one zeroth-order step per batch, no autograd.
+"""The LightningModule: the client's model, its loss, and one local step per batch (manual optimisation).
 
-The federated-loop Callback (`kit.loop`) tells the module which seed each step uses
-(`seed_choice`) and reads back the `ZOStep` that `training_step` returns.
+The federated-loop Callback (`kit.loop`) hands the module the current client's update (`client`, a
+`kit.methods.ClientUpdate`); `training_step` runs one step of it: a two-point ZO step for FedKSeed
+and FedZO, a backpropagation step for the first-order baselines.
 """
 
 from __future__ import annotations
@@ -12,33 +13,52 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 
+from kit.methods import ClientUpdate
 from kit.models import load_model
-from kit.zo.estimator import ZOStep, zo_step
-from kit.zo.perturb import Perturber
+
+MethodName = Literal[
+    "fedkseed", "fedkseed-pro", "fedzo", "fedit", "fedit-sgd", "fedptuning", "fedprompt", "fedavg"
+]
 
 
 class FedKSeedModule(pl.LightningModule):
-    """Full-parameter ZO fine-tuning of a causal LM (the client side of FedKSeed).
+    """A causal LM trained by the federated method `method` (the client side of every method).
 
     Args:
         model: Hub id, local directory, or the embedded default `smollm2-135m`.
-        lr: learning rate eta of the ZO-SGD step (reference 3e-7 for 1B-3B models).
-        zo_eps: perturbation scale epsilon (reference 5e-4).
-        weight_decay: decoupled decay on matrices only, never biases or norms (reference 0).
-        grad_clip: skip a step whose |L+ - L-| exceeds this (reference: off).
-        distribution: perturbation distribution, "gaussian" or "rademacher".
-        keep_z: keep z between the three passes of a step (one extra copy of the weights, fewer
+        method: the federated method (set it with the top-level `--method`): fedkseed, fedkseed-pro,
+            fedzo, fedit, fedit-sgd, fedptuning, fedprompt or fedavg.
+        lr: learning rate of the client's local steps (reference: 3e-7 ZO, 3e-4 FedIT).
+        zo_eps: ZO methods: perturbation scale epsilon (reference 5e-4).
+        weight_decay: ZO: decoupled decay on matrices only, never biases or norms; first-order: the
+            optimizer's weight decay (reference 0).
+        grad_clip: ZO: skip a step whose |L+ - L-| exceeds this; first-order: clip the gradient
+            norm to this. null or <= 0: off (the reference's default -100).
+        distribution: ZO perturbation distribution, "gaussian" or "rademacher".
+        keep_z: ZO: keep z between the three passes of a step (one extra copy of the weights, fewer
             draws); off regenerates z in every pass and needs no memory beyond the weights.
         zo_backend: generator of z: "native" (compiled Philox kernels, CPU, ~4x faster than
             torch's CPU generator; needs a C compiler), "torch" (a torch.Generator per chunk; CUDA
             or CPU), or "auto" = native on CPU, torch on accelerators. Part of z's definition:
             runs compare bit for bit only with the same backend and device type.
         forward_dtype: precision of the forward passes; master weights always stay float32.
+        optimizer: first-order methods: "adam", "adamw" or "sgd" (null: the method's own, Adam for
+            fedit/fedptuning/fedprompt/fedavg, SGD for fedit-sgd).
+        momentum: SGD momentum (FedIT-SGD: 0, plain SGD).
+        lora_r: LoRA rank (FedIT 8).
+        lora_alpha: LoRA scaling alpha (FedIT 16).
+        lora_dropout: LoRA dropout (FedIT 0.05).
+        lora_targets: modules that get LoRA adapters (null: q, k, v, o, gate, up, down projections).
+        num_virtual_tokens: FedPTuning / FedPrompt virtual tokens (20).
+        prompt_encoder_hidden_size: FedPTuning MLP encoder width (null: the model's hidden size).
+        prompt_encoder_dropout: FedPTuning encoder dropout (0.1).
+        wire_dtype: tensor payloads (all methods but FedKSeed): dtype of the values on the wire.
     """
 
     def __init__(
         self,
         model: str = "smollm2-135m",
+        method: MethodName = "fedkseed",
         lr: float = 3e-7,
         zo_eps: float = 5e-4,
         weight_decay: float = 0.0,
@@ -47,36 +67,37 @@ class FedKSeedModule(pl.LightningModule):
         keep_z: bool = False,
         zo_backend: Literal["auto", "torch", "native"] = "auto",
         forward_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        optimizer: Literal["adam", "adamw", "sgd"] | None = None,
+        momentum: float = 0.0,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_targets: list[str] | None = None,
+        num_virtual_tokens: int = 20,
+        prompt_encoder_hidden_size: int | None = None,
+        prompt_encoder_dropout: float = 0.1,
+        wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         if lr <= 0 or zo_eps <= 0:
             raise ValueError(f"--model.lr ({lr}) and --model.zo_eps ({zo_eps}) must be > 0")
         if weight_decay < 0:
             raise ValueError(f"--model.weight_decay ({weight_decay}) must be >= 0")
+        if lora_r < 1 or num_virtual_tokens < 1:
+            raise ValueError("--model.lora_r and --model.num_virtual_tokens must be >= 1")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.strict_loading = False  # checkpoints hold the seed history, not the weights (see kit.loop)
+        self.strict_loading = False  # checkpoints hold the method's global state (see kit.methods)
         self.net: torch.nn.Module | None = None
-        self.perturber: Perturber | None = None
-        self.seed_choice: tuple[int, int] | None = None  # (index in the pool, seed), set per step
+        self.client: ClientUpdate | None = None  # the current client's update, set by the loop
 
     def configure_model(self) -> None:
         if self.net is not None:
             return
         self.net = load_model(self.hparams.model, dtype="float32", device=self.trainer.strategy.root_device)
-        self.net.requires_grad_(False)  # ZO needs no autograd graph
-        backend = self.hparams.zo_backend
-        if backend == "auto":
-            backend = "native" if self.trainer.strategy.root_device.type == "cpu" else "torch"
-        self.perturber = Perturber(
-            list(self.net.parameters()),
-            self.hparams.distribution,
-            keep_z=self.hparams.keep_z,
-            backend=backend,
-        )
 
     def configure_optimizers(self):
-        return None  # the ZO step is the optimiser
+        return None  # each client makes its own (fresh every round), see kit.methods
 
     def _autocast(self):
         if self.hparams.forward_dtype == "float32":
@@ -84,7 +105,6 @@ class FedKSeedModule(pl.LightningModule):
         dtype = getattr(torch, self.hparams.forward_dtype)
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @torch.no_grad()
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 logits that predict the labelled tokens, and those labels.
 
@@ -100,13 +120,14 @@ class FedKSeedModule(pl.LightningModule):
                 attention_mask=batch["attention_mask"],
                 logits_to_keep=labels.shape[1] - first + 1,
             )
-        return out.logits[:, :-1].float(), labels[:, first:]
+        return out.logits[:, -(labels.shape[1] - first + 1) : -1].float(), labels[:, first:]
 
     def batch_loss(self, batch: dict) -> torch.Tensor:
         """Mean cross-entropy over the batch's response tokens (labels != -100)."""
         logits, labels = self.response_logits(batch)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
+    @torch.no_grad()
     def example_losses(self, batch: dict) -> torch.Tensor:
         """Per-example mean response-token loss (for eval; independent of the other examples' count)."""
         logits, labels = self.response_logits(batch)
@@ -119,23 +140,12 @@ class FedKSeedModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict | None:
         if int(batch["client_id"]) < 0:
             return None  # a padding step: this process has fewer clients this round than another
-        if self.seed_choice is None:
+        if self.client is None:
             raise RuntimeError(
                 "FedKSeedModule trains only under the federated-loop callback (kit.loop.FederatedLoop)"
             )
-        index, seed = self.seed_choice
-        step: ZOStep = zo_step(
-            self.perturber,
-            lambda: self.batch_loss(batch),
-            index,
-            seed,
-            eps=self.hparams.zo_eps,
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
-            grad_clip=self.hparams.grad_clip,
-        )
-        return {"zo": step}
+        return {"step": self.client.step(batch, int(batch["local_step"]))}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The global model is theta_0 + the downlink history kept by the callback: a few KB per round.
+        # the global model is theta_0 + the method's global state kept by the callback
         checkpoint["state_dict"] = {}

@@ -1,25 +1,28 @@
-"""Rebuild a run's global model from its checkpoint: theta_0 replayed through every round's G.
+"""Rebuild a run's global model from its checkpoint, for any method.
 
     from kit.rebuild import load_run_model
     model, tokenizer = load_run_model("runs/quickstart")
 
-A checkpoint holds the seed history, not the weights; the exact replay reproduces the trained global
-weights bit for bit (checked against `summary.json`'s `global_weights_sha256` when present).
+FedKSeed's checkpoint holds the seed history, not the weights: theta_0 replayed through every
+round's G reproduces the trained global weights bit for bit. The baselines' checkpoints hold their
+global shared parameters (adapters, prompt encoders or all weights). Either way the result is
+checked against `summary.json`'s `global_weights_sha256` when the checkpoint is the run's last.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import torch
 import yaml
 
-from kit.federation.seeds import SeedPool
-from kit.federation.sync import apply_scalars
-from kit.loop import FederatedLoop, weights_digest
+from kit.loop import FederatedLoop
+from kit.methods import build_method
 from kit.models import load_model, load_tokenizer
-from kit.zo.perturb import Perturber
+from kit.module import FedKSeedModule
+from kit.reporting import weights_digest
 
 
 def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu"):
@@ -31,26 +34,30 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, de
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a fedkseed run directory with a {what}?")
     config = yaml.safe_load(config_path.read_text())
-    zo, fed = config["model"], config["fed"]
+    hp = {**_defaults(FedKSeedModule), **config["model"]}
+    hp["method"] = config.get("method", hp["method"])
+    loop = FederatedLoop(**{k: v for k, v in config["fed"].items() if k in _defaults(FederatedLoop)})
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["callbacks"][
         FederatedLoop.__qualname__
     ]
-    model = load_model(zo["model"], device=device)
-    backend = zo.get("zo_backend", "auto")
-    if backend == "auto":
-        backend = "native" if torch.device(device).type == "cpu" else "torch"
-    perturber = Perturber(list(model.parameters()), zo["distribution"], backend=backend)
-    pool = SeedPool(fed["num_seeds"], fed["seed"])
-    for g in state["downlinks"]:
-        apply_scalars(perturber, pool, g.numpy(), zo["lr"], zo["weight_decay"])
-    perturber.close()
+    method = build_method(hp["method"], hp, loop.settings)
+    model = method.prepare(load_model(hp["model"], device=device))
+    method.load_state_dict(state["method_state"])
+    method.restore_global()
+    method.close()
     summary_path = run_dir / "summary.json"
     if checkpoint is None and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         expected = summary.get("global_weights_sha256")
-        if expected and summary["rounds"] == len(state["downlinks"]) and weights_digest(model) != expected:
+        if expected and summary["rounds"] == state["rounds_done"] and weights_digest(model) != expected:
             raise RuntimeError(
                 f"rebuilt weights of {run_dir} differ from the trained ones: was the run made with another "
                 "z backend, device type or kit version?"
             )
-    return model, load_tokenizer(zo["model"])
+    return model, load_tokenizer(hp["model"])
+
+
+def _defaults(cls) -> dict:
+    """The keyword arguments of `cls.__init__` with their defaults."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}

@@ -54,6 +54,18 @@ class WeightSnapshot:
                     f.readinto(memoryview(host.numpy()))
                     p.copy_(host.view(p.dtype).view(p.shape))
 
+    @torch.no_grad()
+    def saved(self):
+        """The saved values, one tensor per parameter in order (read from the file one at a time)."""
+        if self.where == "memory":
+            yield from self._copies
+            return
+        with open(self.path, "rb") as f:
+            for p in self.params:
+                host = torch.empty(p.shape, dtype=p.dtype)
+                f.readinto(memoryview(host.reshape(-1).view(torch.uint8).numpy()))
+                yield host
+
     def cleanup(self) -> None:
         self._copies = None
         if self.where == "disk" and self.path.exists():

@@ -99,7 +99,7 @@ def _get(config: Mapping, dotted: str, default: Any = None) -> Any:
 
 
 def method(run: Mapping) -> str:
-    return run["summary"].get("method") or ("FedKSeed-Pro" if _get(run["config"], "fed.pro") else "FedKSeed")
+    return run["summary"].get("method") or str(_get(run["config"], "method", "fedkseed"))
 
 
 def scenario(run: Mapping) -> str:

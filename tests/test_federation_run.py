@@ -96,8 +96,8 @@ def test_wandb_logs_offline_without_an_account(tiny_model_dir, data_root, tmp_pa
 
 
 def test_run_directory_rebuilds_the_trained_global_weights(tiny_model_dir, data_root, tmp_path):
-    from kit.loop import weights_digest
     from kit.rebuild import load_run_model
+    from kit.reporting import weights_digest
 
     run = tmp_path / "run"
     main(_args(tiny_model_dir, data_root, run, rounds=2))

@@ -25,17 +25,29 @@ def _load_runs_module():
 R = _load_runs_module()
 
 
-def _fake_run(path: Path, *, pro: bool = False, dataset: str = "ni", metrics: str | None = None,
-              **summary) -> Path:
+def _fake_run(
+    path: Path, *, pro: bool = False, dataset: str = "ni", metrics: str | None = None, **summary
+) -> Path:
     path.mkdir(parents=True)
     probs = [[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]] if pro else None
-    base = {"rounds": 2, "K": 3, "method": "FedKSeed-Pro" if pro else "FedKSeed", "eval_loss_before": 2.0,
-            "eval_loss_after": 1.5, "train_loss_per_round": [1.9, 1.7], "eval_loss_per_round": [1.8, 1.5],
-            "uplink_bytes_per_client_round": {"mean": 48.0, "max": 54}, "downlink_bytes_per_round": 60.0,
-            "pro_probabilities_sorted": probs}
+    base = {
+        "rounds": 2,
+        "K": 3,
+        "method": "FedKSeed-Pro" if pro else "FedKSeed",
+        "eval_loss_before": 2.0,
+        "eval_loss_after": 1.5,
+        "train_loss_per_round": [1.9, 1.7],
+        "eval_loss_per_round": [1.8, 1.5],
+        "uplink_bytes_per_client_round": {"mean": 48.0, "max": 54},
+        "downlink_bytes_per_round": 60.0,
+        "pro_probabilities_sorted": probs,
+    }
     (path / "summary.json").write_text(json.dumps(base | summary))
-    config = {"model": {"model": "org/Some-Model"}, "data": {"dataset": dataset, "dirichlet_alpha": 0.5},
-              "fed": {"num_seeds": 3, "pro": pro}}
+    config = {
+        "model": {"model": "org/Some-Model"},
+        "data": {"dataset": dataset, "dirichlet_alpha": 0.5},
+        "fed": {"num_seeds": 3, "pro": pro},
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     if metrics is not None:
         (path / "metrics.csv").write_text(metrics)
@@ -72,8 +84,14 @@ def test_full_model_size_matches_transformers(name):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     a = R.MODEL_CONFIGS[name]
-    config = LlamaConfig(hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                         intermediate_size=a.intermediate, vocab_size=a.vocab, tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=a.hidden,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.heads,
+        intermediate_size=a.intermediate,
+        vocab_size=a.vocab,
+        tie_word_embeddings=False,
+    )
     with torch.device("meta"):  # shapes only, no memory
         n = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     assert R.peft_payload_bytes(name)["FedAvg / FedMeZO (full model)"] == 4 * n == 4 * a.num_parameters()
@@ -93,8 +111,10 @@ def test_find_runs_finds_nested_run_dirs_once(tmp_path):
 
 
 def test_load_run_collapses_rows_per_round_and_reads_config(tmp_path):
-    csv = ("eval/loss,eval/rougeL_ni,round,step,train/loss\n"
-           "2.0,,0,0,\n1.8,,1,1,1.9\n,11.0,1,1,\n1.5,,2,2,1.7\n,12.5,2,2,\n")
+    csv = (
+        "eval/loss,eval/rougeL_ni,round,step,train/loss\n"
+        "2.0,,0,0,\n1.8,,1,1,1.9\n,11.0,1,1,\n1.5,,2,2,1.7\n,12.5,2,2,\n"
+    )
     run = R.load_run(_fake_run(tmp_path / "r", metrics=csv))
     m = run["metrics"]
     assert list(m.index) == [0, 1, 2] and m.loc[1, "eval/rougeL_ni"] == 11.0 and m.loc[2, "eval/loss"] == 1.5
@@ -109,8 +129,9 @@ def test_load_run_without_metrics_uses_the_summary(tmp_path):
 
 
 def test_comparison_table_and_pro_stats(tmp_path):
-    runs = R.load_runs([_fake_run(tmp_path / "x" / "run"), _fake_run(tmp_path / "y" / "run", pro=True,
-                                                                      dataset="dolly")])
+    runs = R.load_runs(
+        [_fake_run(tmp_path / "x" / "run"), _fake_run(tmp_path / "y" / "run", pro=True, dataset="dolly")]
+    )
     table = R.comparison_table(runs)
     assert list(table.index) == ["x/run", "y/run"]  # same names get their parent folder
     assert table["method"].tolist() == ["FedKSeed", "FedKSeed-Pro"]

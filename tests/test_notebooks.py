@@ -18,14 +18,45 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 def two_runs(tiny_model_dir, data_root, tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
     runs = []
-    for pro in ("false", "true"):
-        run = root / f"pro-{pro}"
-        main(["fit", "--seed_everything", "1", "--run_dir", str(run),
-              "--model.model", str(tiny_model_dir), "--model.lr", "1e-3", "--model.zo_eps", "1e-2",
-              "--data.dataset", "ni", "--data.data_root", str(data_root), "--data.max_length", "128",
-              "--data.eval_size", "16", "--fed.num_seeds", "64", "--fed.fraction", "0.05",
-              "--fed.local_steps", "3", "--fed.progress", "false", "--fed.pro", pro,
-              "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2"])
+    for method in ("fedkseed", "fedkseed-pro"):
+        run = root / method
+        main(
+            [
+                "fit",
+                "--seed_everything",
+                "1",
+                "--run_dir",
+                str(run),
+                "--model.model",
+                str(tiny_model_dir),
+                "--model.lr",
+                "1e-3",
+                "--model.zo_eps",
+                "1e-2",
+                "--data.dataset",
+                "ni",
+                "--data.data_root",
+                str(data_root),
+                "--data.max_length",
+                "128",
+                "--data.eval_size",
+                "16",
+                "--fed.num_seeds",
+                "64",
+                "--fed.fraction",
+                "0.05",
+                "--fed.local_steps",
+                "3",
+                "--fed.progress",
+                "false",
+                "--method",
+                method,
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.max_epochs",
+                "2",
+            ]
+        )
         runs.append(run)
     return runs
 
@@ -38,8 +69,9 @@ def test_notebook_executes(path: Path, two_runs, monkeypatch):
 
     monkeypatch.setenv("FEDKSEED_RUNS", os.pathsep.join(map(str, two_runs)))  # the kernel inherits it
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
     if path.name != "analysis.ipynb":
         return

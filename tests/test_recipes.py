@@ -13,7 +13,13 @@ from kit.module import FedKSeedModule
 
 from .conftest import REPO
 
-RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "recipes").rglob("*.yaml"))
+RECIPES = sorted(
+    p.relative_to(REPO)
+    for p in (REPO / "recipes").rglob("*.yaml")
+    if p.parent.name not in ("methods", "compare")
+)
+SCENARIOS = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
+METHOD_RECIPES = sorted(p.name for p in (REPO / "recipes" / "methods").glob("*.yaml"))
 
 
 def _parse(configs: list[str], tmp_path: Path) -> FedKSeedCLI:
@@ -53,6 +59,31 @@ def test_recipe_builds_its_config(recipe: Path, tmp_path: Path):
         assert loop.k == 4096 and loop.fraction == 0.05 and loop.local_steps == 200
         assert cli.model.hparams.lr == 3e-7 and cli.model.hparams.zo_eps == 5e-4
         assert cli.trainer.max_epochs == (40 if "-ni-" in recipe.name else 60)
+
+
+def test_a_recipe_exists_for_every_method():
+    from kit.methods import METHODS
+
+    assert {name.removesuffix(".yaml") for name in METHOD_RECIPES} == set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHOD_RECIPES)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_composes_with_every_method(scenario: str, method: str, tmp_path: Path):
+    base = str(REPO / "recipes" / scenario)
+    cli = _parse([base, str(REPO / "recipes" / "methods" / method)], tmp_path)
+    name = method.removesuffix(".yaml")
+    assert cli.model.hparams.method == name and cli.config["method"] == name
+    alone = _parse([base], tmp_path)
+    loop = next(cb for cb in cli.trainer.callbacks if isinstance(cb, FederatedLoop))
+    loop_alone = next(cb for cb in alone.trainer.callbacks if isinstance(cb, FederatedLoop))
+    # the method changes what trains and travels, never the scenario: data, clients, rounds, steps
+    assert cli.config["data"] == alone.config["data"] and cli.trainer.max_epochs == alone.trainer.max_epochs
+    assert (loop.fraction, loop.local_steps, loop.seed) == (
+        loop_alone.fraction,
+        loop_alone.local_steps,
+        loop_alone.seed,
+    )
 
 
 def test_unknown_recipe_key_is_rejected(tmp_path: Path):

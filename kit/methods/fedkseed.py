@@ -1,0 +1,131 @@
+"""FedKSeed and FedKSeed-Pro: ZO steps over a pool of K seeds, K scalars up and down.
+
+Client: tau two-point ZO steps, each along z(seed_j) with j drawn uniformly (FedKSeed) or by the
+server's probabilities (Pro); the uplink is the per-seed sum of the scalar gradients. Server:
+G_j = sum_c w_c acc_c[j], then theta_g -= lr sum_j G_j z_j over the touched seeds (ascending j).
+The global state is theta_0 plus every round's G: the checkpoint holds no weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from kit.federation.messages import Uplink, decode_downlink, decode_uplink, encode_downlink, encode_uplink
+from kit.federation.seeds import SeedPool
+from kit.federation.server import Server, sample_seed_indices
+from kit.federation.sync import apply_scalars
+from kit.methods.base import ClientUpdate, FedSettings, LossFn, Method, StepOutcome
+from kit.methods.zo_common import make_perturber
+from kit.zo.estimator import zo_step
+
+
+class FedKSeed(Method):
+    """FedKSeed (`pro=False`) or FedKSeed-Pro (`pro=True`) over the module's ZO args `hp`."""
+
+    def __init__(self, hp: Mapping, fed: FedSettings, pro: bool = False) -> None:
+        self.name = "fedkseed-pro" if pro else "fedkseed"
+        self.hp, self.fed = hp, fed
+        self.pool = SeedPool(fed.num_seeds, fed.seed)
+        self.server = Server(self.pool, pro, fed.bias_loss_clip, fed.pro_temperature, fed.equal_weights)
+        self.downlinks: list[np.ndarray] = []  # G of every round: with theta_0, the whole global state
+        self.probabilities_sorted: list[list[float]] = []
+        self.probs = self.server.probabilities()
+        self.perturber = None
+        self._params: list[torch.Tensor] = []
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        net.requires_grad_(False)  # ZO needs no autograd graph
+        self._params = list(net.parameters())
+        self.perturber = make_perturber(net, self.hp)
+        return net
+
+    def global_params(self) -> list[torch.Tensor]:
+        return self._params
+
+    def client(self, server_round: int, client_id: int, loss_fn: LossFn, saved_global) -> ClientUpdate:
+        return _FedKSeedClient(self, server_round, client_id, loss_fn)
+
+    def aggregate_train(
+        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Sequence[int]
+    ) -> bytes:
+        decoded = [
+            decode_uplink(wire, self.pool.k, self.pool.fingerprint, expected_round=server_round)
+            for _, wire in uplinks
+        ]
+        for (cid, _), up in zip(uplinks, decoded, strict=True):
+            if up.client_id != cid:
+                raise ValueError(f"uplink of client {up.client_id} arrived as client {cid}'s")
+        down = self.server.aggregate_train(decoded, num_samples)
+        return encode_downlink(down, self.pool.fingerprint)
+
+    def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:
+        down = decode_downlink(downlink, self.pool.k, self.pool.fingerprint, expected_round=server_round)
+        apply_scalars(self.perturber, self.pool, down.scalars, self.hp["lr"], self.hp["weight_decay"])
+        self.downlinks.append(down.scalars)
+        self.probs = down.probabilities
+        if down.probabilities is not None:
+            self.probabilities_sorted.append(np.sort(down.probabilities)[::-1].tolist())
+        return {"fed/seeds_touched": float(np.count_nonzero(down.scalars))}
+
+    def state_dict(self) -> dict:
+        return {
+            "server": self.server.state_dict(),
+            "downlinks": [torch.from_numpy(g.copy()) for g in self.downlinks],
+            "probabilities_sorted": self.probabilities_sorted,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.server.load_state_dict(state["server"])
+        self.downlinks = [g.numpy().astype(np.float32) for g in state["downlinks"]]
+        self.probabilities_sorted = state["probabilities_sorted"]
+        self.probs = self.server.probabilities()
+
+    def restore_global(self) -> None:
+        """theta_g = theta_0 replayed through every round's G (bit-identical to the trained weights)."""
+        for g in self.downlinks:
+            apply_scalars(self.perturber, self.pool, g, self.hp["lr"], self.hp["weight_decay"])
+
+    def summary(self) -> dict:
+        return {
+            "K": self.pool.k,
+            "uplink_bytes_dense": 36 + 4 * self.pool.k,
+            "pro_probabilities_sorted": self.probabilities_sorted if self.server.pro else None,
+        }
+
+    def close(self) -> None:
+        if self.perturber is not None:
+            self.perturber.close()
+
+
+class _FedKSeedClient(ClientUpdate):
+    def __init__(self, method: FedKSeed, server_round: int, client_id: int, loss_fn: LossFn) -> None:
+        self.m, self.round, self.client_id, self.loss_fn = method, server_round, client_id, loss_fn
+        self.indices = sample_seed_indices(
+            method.fed.seed, server_round, client_id, method.fed.local_steps, method.probs, method.pool.k
+        )
+        self.acc = np.zeros(method.pool.k, dtype=np.float64)
+
+    def step(self, batch: dict, local_step: int) -> StepOutcome:
+        j = int(self.indices[local_step])
+        hp = self.m.hp
+        with torch.no_grad():
+            out = zo_step(
+                self.m.perturber,
+                lambda: self.loss_fn(batch),
+                j,
+                self.m.pool[j],
+                eps=hp["zo_eps"],
+                lr=hp["lr"],
+                weight_decay=hp["weight_decay"],
+                grad_clip=hp["grad_clip"],
+            )
+        if not out.skipped:
+            self.acc[j] += out.projected_grad
+        return StepOutcome(out.loss, out.skipped)
+
+    def finish(self) -> bytes:
+        up = Uplink(self.round, self.client_id, self.acc.astype(np.float32))
+        return encode_uplink(up, self.m.pool.fingerprint)

@@ -1,0 +1,148 @@
+"""Reporting of a federation: per-round history, logger metrics, `summary.json`, W&B tables.
+
+`summary.json` holds the figures that scripts, `fedkseed compare` and notebooks rely on; the keys
+are the same for every method (`method`, `uplink_bytes_per_client_round`, `downlink_bytes_per_round`,
+losses, Rouge-L, time, memory) plus the method's own (`kit.methods.Method.summary`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's weights in parameter order: equal digests mean bit-identical models."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+class RunReporter:
+    """Keeps the per-round history (checkpointed) and writes it to the loggers and `summary.json`."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, list] = {
+            "train_loss": [],
+            "eval_loss": [],
+            "uplink_bytes": [],
+            "downlink_bytes": [],
+            "skipped_steps": [],
+            "rougeL": [],
+        }
+        self.eval_loss_before: float | None = None
+        self.rouge: dict[str, float] = {}
+        self.step_times: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def record_round(self, metrics: dict, uplink_bytes: list[int], downlink_bytes: int, skipped: int) -> None:
+        h = self.history
+        h["train_loss"].append(metrics["train/loss"])
+        h["eval_loss"].append(metrics.get("eval/loss"))
+        h["uplink_bytes"].append(uplink_bytes)
+        h["downlink_bytes"].append(downlink_bytes)
+        h["skipped_steps"].append(skipped)
+
+    def record_rouge(self, server_round: int, results: dict[str, dict]) -> dict[str, float]:
+        """Keep the round's Rouge-L per suite; returns the logger metrics."""
+        self.rouge = {name: r["rougeL"] for name, r in results.items()}
+        self.history["rougeL"].append({"round": server_round, **self.rouge})
+        return {f"eval/rougeL_{name}": score for name, score in self.rouge.items()}
+
+    def last_eval_loss(self) -> float:
+        """The last measured eval loss (for progress bars on rounds without an eval)."""
+        evals = [e for e in self.history["eval_loss"] if e is not None]
+        return evals[-1] if evals else (self.eval_loss_before or float("nan"))
+
+    @staticmethod
+    def log(trainer: pl.Trainer, metrics: dict, step: int) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({**metrics, "round": step}, step=step)
+
+    def write_summary(self, path: Path, facts: dict, net: torch.nn.Module | None = None) -> dict:
+        """Write `summary.json` atomically from the history and the run's `facts`; with `net` (the
+        final model) also its weights digest."""
+        h = self.history
+        ups = [b for rnd in h["uplink_bytes"] for b in rnd]
+        evals = [e for e in h["eval_loss"] if e is not None]
+        summary = {
+            **facts,
+            "uplink_bytes_per_client_round": {
+                "mean": float(np.mean(ups)) if ups else 0.0,
+                "max": int(max(ups)) if ups else 0,
+            },
+            "downlink_bytes_per_round": float(np.mean(h["downlink_bytes"])) if h["downlink_bytes"] else 0.0,
+            "total_bytes": int(sum(ups) + sum(h["downlink_bytes"])),
+            "train_loss_per_round": h["train_loss"],
+            "eval_loss_per_round": h["eval_loss"],
+            "eval_loss_before": self.eval_loss_before,
+            "eval_loss_after": evals[-1] if evals else None,
+            "skipped_steps": int(sum(h["skipped_steps"])),
+            "rougeL": self.rouge or None,
+            "rougeL_per_round": h["rougeL"],
+            "wall_time_s": time.perf_counter() - self.t0,
+            "mean_step_time_s": float(np.mean(self.step_times)) if self.step_times else None,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "finished": net is not None,
+        }
+        if net is not None:
+            summary["global_weights_sha256"] = weights_digest(net)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, path)
+        return summary
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "eval_loss_before": self.eval_loss_before, "rouge": self.rouge}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {**self.history, **state["history"]}
+        self.eval_loss_before = state["eval_loss_before"]
+        self.rouge = state["rouge"]
+
+
+def log_rouge_tables(trainer: pl.Trainer, results: dict, out_dir: Path) -> None:
+    """W&B tables of per-task Rouge-L and the first generations of each suite (when W&B is on)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    columns = ["task", "prompt", "reference", "prediction", "rougeL"]
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        for name, result in results.items():
+            rows = [[task, r["rougeL"], r["n"]] for task, r in sorted(result["per_task"].items())]
+            logger.log_table(f"rougeL/{name}_per_task", columns=["task", "rougeL", "n"], data=rows)
+            lines = (out_dir / f"generations_{name}.jsonl").read_text().splitlines()[:32]
+            gens = [json.loads(line) for line in lines]
+            logger.log_table(
+                f"rougeL/{name}_generations", columns=columns, data=[[g[c] for c in columns] for g in gens]
+            )
+
+
+HEADLINE = (
+    "method",
+    "rounds",
+    "uplink_bytes_per_client_round",
+    "downlink_bytes_per_round",
+    "eval_loss_before",
+    "eval_loss_after",
+    "rougeL",
+    "wall_time_s",
+)
+
+
+def headline(summary: dict) -> dict:
+    """The few figures printed at the end of a run."""
+    return {k: summary.get(k) for k in HEADLINE}

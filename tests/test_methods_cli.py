@@ -1,0 +1,50 @@
+"""Every method through the real CLI: on the embedded SmolLM2 with the quickstart recipe cut to a round,
+and the eval of a run defined by its own data config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kit.cli import main
+from kit.methods import METHODS
+
+from .conftest import REPO, fed_args
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_quickstart_with_every_method_trains_smollm2_for_a_round(method, data_root, tmp_path):
+    run = tmp_path / method
+    main([
+        "fit", "-c", str(REPO / "recipes" / "quickstart.yaml"),
+        "-c", str(REPO / "recipes" / "methods" / f"{method}.yaml"), "--run_dir", str(run),
+        "--data.data_root", str(data_root), "--trainer.max_epochs", "1", "--fed.fraction", "0.05",
+        "--fed.local_steps", "2", "--data.eval_size", "4", "--fed.rouge_at_end", "false",
+        "--fed.progress", "false",
+    ])  # fmt: skip
+    s = json.loads((run / "summary.json").read_text())
+    assert s["method"] == method and s["finished"] and s["rounds"] == 1
+    up, down = s["uplink_bytes_per_client_round"]["mean"], s["downlink_bytes_per_round"]
+    assert up > 0 and down > 0 and s["total_bytes"] == up + down  # one client, one round
+    assert s["eval_loss_before"] != s["eval_loss_after"]  # the global model moved
+    if method.startswith("fedkseed"):
+        assert up <= s["uplink_bytes_dense"]
+    else:
+        # tensors: at least 4 bytes per shared float32 parameter, plus the header and table
+        assert s["wire_dtype"] == "float32" and up > 4 * s["shared_parameters"]
+
+
+def test_rouge_scores_the_runs_own_heldout_category(tiny_model_dir, data_root, tmp_path):
+    run = tmp_path / "run"
+    args = fed_args(tiny_model_dir, data_root, run, rounds=1)
+    args += ["--data.dataset", "dolly", "--data.num_clients", "10", "--data.eval_size", "3",
+             "--data.heldout_category", "creative_writing", "--fed.rouge_limit", "null",
+             "--fed.fraction", "0.1"]  # fmt: skip
+    main(args)
+    rows = [json.loads(line) for line in (run / "eval" / "round_1" / "generations_dolly.jsonl").open()]
+    assert len(rows) == 3  # the run's eval_size, not a fixed 200
+    assert {r["task"] for r in rows} == {"creative_writing"}  # the run's held-out category
+    settings = json.loads((run / "eval" / "round_1" / "rouge_dolly.json").read_text())["settings"]
+    assert settings["heldout_category"] == "creative_writing" and settings["dolly_size"] == 3
