@@ -116,16 +116,30 @@ def main() -> None:
             for method, fn in (("replay", replay), ("merged_replay", merged_replay)):
                 passes, book_s = counted(fn, pool, downlinks[-m:])
                 total = passes * per_pass + book_s + transfer_s
-                emit(bench="client_sync", backend=backend, missed_rounds=m, method=method, k=k,
-                     seeds_per_round=touched, passes=passes, per_pass_s=rounded(per_pass),
-                     per_pass_cpu_s=rounded(per_pass_cpu), bookkeeping_s=rounded(book_s),
-                     sync_s=rounded(total), download_s=rounded(download_s),
-                     sync_vs_download=rounded(total / download_s, 3),
-                     downlink_bytes=down_bytes, weights_bytes=weights,
-                     bytes_ratio=rounded(weights / down_bytes, 4), extrapolated=True,
-                     measured_passes=len(seeds) * repeats,
-                     model="tiny-random" if args.quick else "random smollm2-135m config",
-                     repeats=repeats, threads=torch.get_num_threads(), machine=machine())
+                emit(
+                    bench="client_sync",
+                    backend=backend,
+                    missed_rounds=m,
+                    method=method,
+                    k=k,
+                    seeds_per_round=touched,
+                    passes=passes,
+                    per_pass_s=rounded(per_pass),
+                    per_pass_cpu_s=rounded(per_pass_cpu),
+                    bookkeeping_s=rounded(book_s),
+                    sync_s=rounded(total),
+                    download_s=rounded(download_s),
+                    sync_vs_download=rounded(total / download_s, 3),
+                    downlink_bytes=down_bytes,
+                    weights_bytes=weights,
+                    bytes_ratio=rounded(weights / down_bytes, 4),
+                    extrapolated=True,
+                    measured_passes=len(seeds) * repeats,
+                    model="tiny-random" if args.quick else "random smollm2-135m config",
+                    repeats=repeats,
+                    threads=torch.get_num_threads(),
+                    machine=machine(),
+                )
 
 
 if __name__ == "__main__":

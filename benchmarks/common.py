@@ -147,16 +147,30 @@ def tiny_config():
     """A 2-layer Llama with SmolLM2's vocabulary (real token ids fit): ~3.3M parameters, for --quick."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
 
 
 def datajuicer_config(layers: int = 24):
     """The paper's DataJuicer-1.3B shape (LLaMA: hidden 2048, MLP 5504, 16 heads, vocab 32000)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=layers,
-                       num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False)
+    return LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5504,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        tie_word_embeddings=False,
+    )
 
 
 def random_llama(config, seed: int = 0) -> torch.nn.Module:
@@ -202,8 +216,13 @@ def reference_loss(model: torch.nn.Module, batch: dict) -> Callable[[], torch.Te
 
 # -- the kit's Perturber backends ---------------------------------------------------------------
 def add_backend_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", nargs="+", default=["torch", "native"], choices=["torch", "native"],
-                        help="Perturber z backends to time (those this checkout lacks are skipped)")
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        default=["torch", "native"],
+        choices=["torch", "native"],
+        help="Perturber z backends to time (those this checkout lacks are skipped)",
+    )
 
 
 def backends(requested: list[str], bench: str) -> dict[str, dict]:
@@ -292,5 +311,10 @@ def peak_rss_bytes() -> int:
 
 if __name__ == "__main__":
     b = real_batch()
-    emit(machine=machine(), threads=torch.get_num_threads(), batch_shape=list(b["input_ids"].shape),
-         response_tokens=int((b["labels"] != -100).sum()), attended=int(b["attention_mask"].sum()))
+    emit(
+        machine=machine(),
+        threads=torch.get_num_threads(),
+        batch_shape=list(b["input_ids"].shape),
+        response_tokens=int((b["labels"] != -100).sum()),
+        attended=int(b["attention_mask"].sum()),
+    )

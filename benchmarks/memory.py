@@ -83,8 +83,13 @@ def child_forward(args) -> dict:
     read_all(model)
     before, peak_before = rss_bytes(), peak_rss_bytes()
     loss_fn(), loss_fn()
-    return {"runtime": base, "weights": param_bytes(model), "before": before, "peak_before": peak_before,
-            "peak": peak_rss_bytes()}
+    return {
+        "runtime": base,
+        "weights": param_bytes(model),
+        "before": before,
+        "peak_before": peak_before,
+        "peak": peak_rss_bytes(),
+    }
 
 
 def child_ours(args, keep_z: bool) -> dict:
@@ -138,8 +143,13 @@ def child_big_load(args) -> dict:
     model = load_model(args.dir)
     load_s, peak_load = time.perf_counter() - t0, peak_rss_bytes()
     read_all(model)
-    return {"runtime": base, "weights": param_bytes(model), "peak_load": peak_load, "peak": peak_rss_bytes(),
-            "load_s": load_s}
+    return {
+        "runtime": base,
+        "weights": param_bytes(model),
+        "peak_load": peak_load,
+        "peak": peak_rss_bytes(),
+        "load_s": load_s,
+    }
 
 
 CHILDREN = {
@@ -155,8 +165,16 @@ CHILDREN = {
 # -- the driver ----------------------------------------------------------------------------------
 def run_child(name: str, args, **extra) -> dict:
     """Run one configuration in a fresh interpreter; its last stdout line is its JSON result."""
-    cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-           "--big-layers", str(args.big_layers)] + (["--quick"] if args.quick else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        name,
+        "--steps",
+        str(args.steps),
+        "--big-layers",
+        str(args.big_layers),
+    ] + (["--quick"] if args.quick else [])
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -177,8 +195,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(CHILDREN[args.child](args)), flush=True)
         return
-    shared = {"bench": "memory", "machine": machine(), "threads": torch.get_num_threads(),
-              "model": "tiny-random" if args.quick else "smollm2-135m", "steps": args.steps}
+    shared = {
+        "bench": "memory",
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "model": "tiny-random" if args.quick else "smollm2-135m",
+        "steps": args.steps,
+    }
 
     # 1) the denominator: weights + one forward's activations
     fwd = run_child("forward", args)
@@ -189,11 +212,18 @@ def main() -> None:
     for name in ("ours_regen", "ours_kept", "reference"):
         r = run_child(name, args)
         ratio = (r["peak"] - r["runtime"]) / denominator
-        emit(**shared, config=name, peak_rss_bytes=r["peak"], runtime_bytes=r["runtime"],
-             weights_bytes=fwd["weights"], activation_bytes=activations, ratio=rounded(ratio, 3),
-             ratio_raw=rounded(r["peak"] / (r["runtime"] + denominator), 3),
-             goal=f"<= {GOAL[name]}" if name in GOAL else None,
-             met=ratio <= GOAL[name] if name in GOAL else None)
+        emit(
+            **shared,
+            config=name,
+            peak_rss_bytes=r["peak"],
+            runtime_bytes=r["runtime"],
+            weights_bytes=fwd["weights"],
+            activation_bytes=activations,
+            ratio=rounded(ratio, 3),
+            ratio_raw=rounded(r["peak"] / (r["runtime"] + denominator), 3),
+            goal=f"<= {GOAL[name]}" if name in GOAL else None,
+            met=ratio <= GOAL[name] if name in GOAL else None,
+        )
 
     # 3) loading a 1.3B-shaped model saved as safetensors
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,13 +231,22 @@ def main() -> None:
         load = run_child("big_load", args, dir=tmp)
     ratio = (load["peak"] - load["runtime"]) / load["weights"]
     shared["model"] = f"random datajuicer-1.3b shape, {args.big_layers} layers"
-    emit(**shared, config="big_model_load",
-         weights_bytes=load["weights"], runtime_bytes=load["runtime"],
-         peak_after_load_bytes=load["peak_load"], peak_after_read_bytes=load["peak"],
-         ratio_after_load=rounded((load["peak_load"] - load["runtime"]) / load["weights"], 3),
-         ratio=rounded(ratio, 3), ratio_raw=rounded(load["peak"] / load["weights"], 3),
-         load_s=rounded(load["load_s"]), save_peak_rss_bytes=save["peak"], save_s=rounded(save["seconds"]),
-         goal=f"<= {BIG_GOAL}", met=ratio <= BIG_GOAL)
+    emit(
+        **shared,
+        config="big_model_load",
+        weights_bytes=load["weights"],
+        runtime_bytes=load["runtime"],
+        peak_after_load_bytes=load["peak_load"],
+        peak_after_read_bytes=load["peak"],
+        ratio_after_load=rounded((load["peak_load"] - load["runtime"]) / load["weights"], 3),
+        ratio=rounded(ratio, 3),
+        ratio_raw=rounded(load["peak"] / load["weights"], 3),
+        load_s=rounded(load["load_s"]),
+        save_peak_rss_bytes=save["peak"],
+        save_s=rounded(save["seconds"]),
+        goal=f"<= {BIG_GOAL}",
+        met=ratio <= BIG_GOAL,
+    )
 
 
 if __name__ == "__main__":

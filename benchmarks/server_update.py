@@ -129,16 +129,30 @@ def main() -> None:
             real = r == 1 and n == ours_n
             ours_s = median(wall[backend]) if real else ours_seed * ours_n
             ref_s = median(wall["reference"]) if real else copy_s + ref_seed * ref_n
-            emit(bench="server_update", backend=backend, round=r, k=k, clients=clients, local_steps=steps,
-                 ours_passes=ours_n, reference_passes=ref_n,
-                 ours_s=rounded(ours_s), reference_s=rounded(ref_s),
-                 speedup_vs_reference=rounded(ref_s / ours_s, 3),
-                 speedup_vs_reference_cpu=rounded((copy_cpu + ref_cpu * ref_n) / (ours_cpu * ours_n), 3),
-                 ours_per_seed_s=rounded(ours_seed), reference_per_seed_s=rounded(ref_seed),
-                 reference_deepcopy_s=rounded(copy_s), extrapolated=not real, measured_seeds=n,
-                 model="tiny-random" if args.quick else "random smollm2-135m config",
-                 params=sum(p.numel() for p in w0.parameters()), repeats=repeats,
-                 threads=torch.get_num_threads(), machine=machine())
+            emit(
+                bench="server_update",
+                backend=backend,
+                round=r,
+                k=k,
+                clients=clients,
+                local_steps=steps,
+                ours_passes=ours_n,
+                reference_passes=ref_n,
+                ours_s=rounded(ours_s),
+                reference_s=rounded(ref_s),
+                speedup_vs_reference=rounded(ref_s / ours_s, 3),
+                speedup_vs_reference_cpu=rounded((copy_cpu + ref_cpu * ref_n) / (ours_cpu * ours_n), 3),
+                ours_per_seed_s=rounded(ours_seed),
+                reference_per_seed_s=rounded(ref_seed),
+                reference_deepcopy_s=rounded(copy_s),
+                extrapolated=not real,
+                measured_seeds=n,
+                model="tiny-random" if args.quick else "random smollm2-135m config",
+                params=sum(p.numel() for p in w0.parameters()),
+                repeats=repeats,
+                threads=torch.get_num_threads(),
+                machine=machine(),
+            )
         perturber.close()
 
 

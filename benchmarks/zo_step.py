@@ -85,8 +85,12 @@ class TimedLoss:
 def main() -> None:
     parser = base_parser(__doc__)
     add_backend_flag(parser)
-    parser.add_argument("--pool-intraop", nargs="+", default=["inherit", "1"],
-                        help="torch threads per worker of the torch backend: 'inherit' and/or integers")
+    parser.add_argument(
+        "--pool-intraop",
+        nargs="+",
+        default=["inherit", "1"],
+        help="torch threads per worker of the torch backend: 'inherit' and/or integers",
+    )
     args = parser.parse_args()
     options = backends(args.backend, "zo_step")
     if not options:
@@ -108,8 +112,12 @@ def main() -> None:
         return j, pool[j]
 
     intraops = [None if t == "inherit" else int(t) for t in args.pool_intraop]
-    configs = [(backend, mode, intra) for backend in options for mode in GOAL_RATIO
-               for intra in (intraops if backend == "torch" else [None])]  # native workers run no torch op
+    configs = [
+        (backend, mode, intra)
+        for backend in options
+        for mode in GOAL_RATIO
+        for intra in (intraops if backend == "torch" else [None])
+    ]  # native workers run no torch op
     perturbers = {c: make_perturber(params, options[c[0]], c[2], keep_z=c[1] == "kept") for c in configs}
 
     # 3) the cases, timed round-robin; each also times the forwards it makes (its own loss clock)
@@ -143,25 +151,41 @@ def main() -> None:
         step, step_fwd = times[c], in_call[c]
         passes = [t - f for t, f in zip(step, step_fwd, strict=True)]
         ratio, speedup = paired_ratio(step, step_fwd), paired_ratio(ref, step)
-        emit(bench="zo_step", mode=mode, backend=backend,
-             pool_intraop="inherit" if intra is None else "set",
-             pool_intraop_threads=intra or torch.get_num_threads(),
-             step_s=rounded(median(step)), two_forwards_s=rounded(median(fwd)),
-             reference_step_s=rounded(median(ref)),
-             ratio_vs_two_forwards=rounded(ratio, 3), speedup_vs_reference=rounded(speedup, 3),
-             ratio_vs_separate_forwards=rounded(paired_ratio(step, fwd), 3),
-             ratio_vs_two_forwards_cpu=rounded(paired_ratio(cpu[c], in_call_cpu[c]), 3),
-             speedup_vs_reference_cpu=rounded(paired_ratio(cpu["reference_step"], cpu[c]), 3),
-             forwards_in_step_s=rounded(median(step_fwd)), passes_s=rounded(median(passes)),
-             reference_passes_s=rounded(median(ref_passes)),
-             pass_speedup_vs_reference=rounded(median(ref_passes) / median(passes), 3),
-             goal=f"<= {GOAL_RATIO[mode]}x two forwards, >= {GOAL_SPEEDUP}x reference",
-             met=ratio <= GOAL_RATIO[mode] and speedup >= GOAL_SPEEDUP,
-             threads=torch.get_num_threads(), machine=machine(), seq_len=seq_len,
-             model="tiny-random" if args.quick else "smollm2-135m", repeats=repeats,
-             samples_s={name: [rounded(x, 3) for x in xs] for name, xs in
-                        (("step", step), ("forwards_in_step", step_fwd), ("two_forwards", fwd),
-                         ("reference_step", ref))})
+        emit(
+            bench="zo_step",
+            mode=mode,
+            backend=backend,
+            pool_intraop="inherit" if intra is None else "set",
+            pool_intraop_threads=intra or torch.get_num_threads(),
+            step_s=rounded(median(step)),
+            two_forwards_s=rounded(median(fwd)),
+            reference_step_s=rounded(median(ref)),
+            ratio_vs_two_forwards=rounded(ratio, 3),
+            speedup_vs_reference=rounded(speedup, 3),
+            ratio_vs_separate_forwards=rounded(paired_ratio(step, fwd), 3),
+            ratio_vs_two_forwards_cpu=rounded(paired_ratio(cpu[c], in_call_cpu[c]), 3),
+            speedup_vs_reference_cpu=rounded(paired_ratio(cpu["reference_step"], cpu[c]), 3),
+            forwards_in_step_s=rounded(median(step_fwd)),
+            passes_s=rounded(median(passes)),
+            reference_passes_s=rounded(median(ref_passes)),
+            pass_speedup_vs_reference=rounded(median(ref_passes) / median(passes), 3),
+            goal=f"<= {GOAL_RATIO[mode]}x two forwards, >= {GOAL_SPEEDUP}x reference",
+            met=ratio <= GOAL_RATIO[mode] and speedup >= GOAL_SPEEDUP,
+            threads=torch.get_num_threads(),
+            machine=machine(),
+            seq_len=seq_len,
+            model="tiny-random" if args.quick else "smollm2-135m",
+            repeats=repeats,
+            samples_s={
+                name: [rounded(x, 3) for x in xs]
+                for name, xs in (
+                    ("step", step),
+                    ("forwards_in_step", step_fwd),
+                    ("two_forwards", fwd),
+                    ("reference_step", ref),
+                )
+            },
+        )
         p.close()
 
 

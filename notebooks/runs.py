@@ -59,8 +59,11 @@ def _metrics_from_summary(summary: dict) -> pd.DataFrame:
     rounds = range(len(summary.get("train_loss_per_round") or []) + 1)
     train = [None, *(summary.get("train_loss_per_round") or [])]
     evals = [summary.get("eval_loss_before"), *(summary.get("eval_loss_per_round") or [])]
-    return pd.DataFrame({"train/loss": train, "eval/loss": evals[: len(train)]},
-                        index=pd.Index(rounds, name="round"), dtype=float)
+    return pd.DataFrame(
+        {"train/loss": train, "eval/loss": evals[: len(train)]},
+        index=pd.Index(rounds, name="round"),
+        dtype=float,
+    )
 
 
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,14 +134,22 @@ def comparison_table(runs: Iterable[Mapping]) -> pd.DataFrame:
     for run in runs:
         s = run["summary"]
         up = s.get("uplink_bytes_per_client_round") or {}
-        rows.append({
-            "run": run["name"], "method": method(run), "scenario": scenario(run), "model": model_name(run),
-            "K": s.get("K"), "rounds": s.get("rounds"),
-            "eval loss before": s.get("eval_loss_before"), "eval loss after": s.get("eval_loss_after"),
-            "uplink B/client-round (mean)": up.get("mean"), "uplink B/client-round (max)": up.get("max"),
-            "downlink B/round": s.get("downlink_bytes_per_round"),
-            **{f"Rouge-L {suite}": v for suite, v in rouge_l(run).items()},
-        })
+        rows.append(
+            {
+                "run": run["name"],
+                "method": method(run),
+                "scenario": scenario(run),
+                "model": model_name(run),
+                "K": s.get("K"),
+                "rounds": s.get("rounds"),
+                "eval loss before": s.get("eval_loss_before"),
+                "eval loss after": s.get("eval_loss_after"),
+                "uplink B/client-round (mean)": up.get("mean"),
+                "uplink B/client-round (max)": up.get("max"),
+                "downlink B/round": s.get("downlink_bytes_per_round"),
+                **{f"Rouge-L {suite}": v for suite, v in rouge_l(run).items()},
+            }
+        )
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows).set_index("run")
@@ -152,8 +163,14 @@ def pro_stats(summary: Mapping) -> pd.DataFrame:
     rows = []
     for rnd, probs in enumerate(summary.get("pro_probabilities_sorted") or [], start=1):
         k, entropy = len(probs), -sum(p * math.log(p) for p in probs if p > 0)
-        rows.append({"round": rnd, "max/min": probs[0] / probs[-1] if probs[-1] > 0 else math.inf,
-                     "K·max": k * probs[0], "effective seeds / K": math.exp(entropy) / k})
+        rows.append(
+            {
+                "round": rnd,
+                "max/min": probs[0] / probs[-1] if probs[-1] > 0 else math.inf,
+                "K·max": k * probs[0],
+                "effective seeds / K": math.exp(entropy) / k,
+            }
+        )
     return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
 
 

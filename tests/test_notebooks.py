@@ -9,7 +9,7 @@ import pytest
 
 from kit.cli import main
 
-from .conftest import REPO
+from .conftest import REPO, fed_args
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -20,43 +20,7 @@ def two_runs(tiny_model_dir, data_root, tmp_path_factory) -> list[Path]:
     runs = []
     for method in ("fedkseed", "fedkseed-pro"):
         run = root / method
-        main(
-            [
-                "fit",
-                "--seed_everything",
-                "1",
-                "--run_dir",
-                str(run),
-                "--model.model",
-                str(tiny_model_dir),
-                "--model.lr",
-                "1e-3",
-                "--model.zo_eps",
-                "1e-2",
-                "--data.dataset",
-                "ni",
-                "--data.data_root",
-                str(data_root),
-                "--data.max_length",
-                "128",
-                "--data.eval_size",
-                "16",
-                "--fed.num_seeds",
-                "64",
-                "--fed.fraction",
-                "0.05",
-                "--fed.local_steps",
-                "3",
-                "--fed.progress",
-                "false",
-                "--method",
-                method,
-                "--trainer.accelerator",
-                "cpu",
-                "--trainer.max_epochs",
-                "2",
-            ]
-        )
+        main(fed_args(tiny_model_dir, data_root, run, rounds=2) + ["--method", method])
         runs.append(run)
     return runs
 
@@ -79,4 +43,4 @@ def test_notebook_executes(path: Path, two_runs, monkeypatch):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
     table_cell = next(c for c in nb.cells if "comparison_table(" in c.source)
     table = "".join(o["data"].get("text/html", "") for o in table_cell.outputs if "data" in o)
-    assert "FedKSeed-Pro" in table and table.replace("FedKSeed-Pro", "").count("FedKSeed") >= 1
+    assert "fedkseed-pro" in table and table.replace("fedkseed-pro", "").count("fedkseed") >= 1
