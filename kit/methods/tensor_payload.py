@@ -22,7 +22,8 @@ from kit.methods.base import FedSettings, Method
 class TensorPayloadMethod(Method):
     """Base of FedZO and the first-order methods; subclasses set `sends_delta` and `_make_trainable`."""
 
-    sends_delta = False
+    sends_delta = False  # FedZO uploads theta_c - theta_g; the others their parameters' values
+    shares_frozen = False  # FedZO shares every parameter though none needs autograd
 
     def __init__(self, hp: Mapping, fed: FedSettings) -> None:
         self.hp, self.fed = hp, fed
@@ -41,8 +42,6 @@ class TensorPayloadMethod(Method):
         if not self.named:
             raise ValueError(f"{self.name}: the model has no parameter to train")
         return net
-
-    shares_frozen = False  # FedZO shares every parameter though none needs autograd
 
     @property
     def spec(self) -> list[tuple[str, tuple[int, ...]]]:
