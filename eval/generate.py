@@ -91,5 +91,34 @@ def plan_batches(lengths: list[int], indices: list[int], batch_size: int) -> lis
 def _generate(model, tokenizer, prompts: list[str], config: GenerationConfig) -> list[str]:
     """One left-padded batch through `model.generate`; the decoded new tokens of each row."""
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
+    if is_prompt_learning(model):
+        tokens = model.get_base_model().generate(
+            **with_virtual_tokens(model, batch), generation_config=config
+        )
+        return tokenizer.batch_decode(tokens, skip_special_tokens=True)  # inputs_embeds: new tokens only
     tokens = model.generate(**batch, generation_config=config)
     return tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def is_prompt_learning(model) -> bool:
+    """True for a peft model whose adapter is prompt learning (prompt tuning, P-tuning)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
+
+
+def with_virtual_tokens(model, batch) -> dict:
+    """The base model's `generate` inputs for a prompt-learning peft model: the virtual tokens' embeddings
+    before each (left-padded) prompt's, as peft's own forward builds them, and an attention mask over both.
+
+    peft's `generate` for prompt learning loses the prompt on cached decoding steps with this transformers
+    (its greedy output differs from greedy decoding through peft's own forward), so the kit hands the
+    base model the embeddings itself; tests/test_eval_generate.py checks it against the uncached forward.
+    """
+    rows = batch["input_ids"].shape[0]
+    virtual = model.get_prompt(batch_size=rows)
+    embeds = model.get_base_model().get_input_embeddings()(batch["input_ids"])
+    mask = batch["attention_mask"]
+    return {
+        "inputs_embeds": torch.cat([virtual.to(embeds.dtype), embeds], dim=1),
+        "attention_mask": torch.cat([mask.new_ones(rows, virtual.shape[1]), mask], dim=1),
+    }

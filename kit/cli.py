@@ -5,6 +5,7 @@
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --fed.local_steps 5
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --ckpt_path runs/qs/checkpoints/last.ckpt
     fedkseed fit --help                                     # every option, documented
+    fedkseed compare -c recipes/compare/smoke.yaml --out runs/smoke   # a grid of methods x seeds
 
 Config is LightningCLI/jsonargparse: `method` = the federated method, `model` = FedKSeedModule (the
 client's model and the methods' hyperparameters), `data` =
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
 
         eval_main(argv[1:])
         return
+    if argv and argv[0] == "compare":
+        from kit.compare.cli import main as compare_main
+
+        sys.exit(compare_main(argv[1:]))
     FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import BatchEncoding, GenerationConfig
 
 from eval.generate import generate_batched, plan_batches
 from kit.data.prompts import dolly_prompt
@@ -78,3 +79,49 @@ def test_plan_batches_longest_first_within_row_and_token_limits() -> None:
 
 def test_plan_batches_gives_a_too_long_prompt_its_own_batch() -> None:
     assert plan_batches([5000, 10], [0, 1], batch_size=2) == [[0], [1]]
+
+
+@pytest.mark.parametrize("adapter", ["prompt_tuning", "p_tuning"])
+def test_prompt_learning_generation_matches_greedy_through_peft_forward(tiny_model, adapter) -> None:
+    """FedPrompt/FedPTuning models generate what greedy decoding through peft's own (uncached) forward
+    gives, prompts of different lengths batched with left padding."""
+    from peft import PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    from eval.generate import _generate
+
+    if adapter == "prompt_tuning":
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5)
+    else:
+        config = PromptEncoderConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5, encoder_hidden_size=16
+        )
+    torch.manual_seed(3)
+    model = get_peft_model(tiny_model, config).eval()
+
+    class Ids:  # a tokenizer over raw token ids: "3 17 9" <-> [3, 17, 9]
+        pad_token_id, eos_token_id = 0, 2
+
+        def __call__(self, texts, return_tensors, padding, padding_side):
+            rows = [[int(t) for t in text.split()] for text in texts]
+            width = max(map(len, rows))
+            ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+
+        def batch_decode(self, tokens, skip_special_tokens):
+            return [" ".join(str(int(t)) for t in row) for row in tokens]
+
+    prompts, new = ["5 9 33 71 12 8 40", "7 3"], 6
+    config = GenerationConfig(
+        max_new_tokens=new, do_sample=False, num_beams=1, pad_token_id=0, eos_token_id=-1
+    )
+    with torch.inference_mode():
+        batched = _generate(model, Ids(), prompts, config)
+        expected = []
+        for prompt in prompts:
+            ids = torch.tensor([[int(t) for t in prompt.split()]])
+            for _ in range(new):
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+            expected.append(" ".join(str(int(t)) for t in ids[0, -new:]))
+    assert batched == expected

@@ -1,0 +1,85 @@
+"""`fedkseed compare -c GRID.yaml --out DIR`: run a comparison grid and write its tables and plot.
+
+    fedkseed compare -c recipes/compare/smoke.yaml --out runs/compare-smoke
+    fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --dry-run   # list the cells
+    fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --wandb      # + W&B
+
+Writes `DIR/comparison.csv` (a row per run), `DIR/comparison.md` (per method: mean ± std over seeds)
+and `DIR/comparison.png` (Rouge-L against total bytes). Run it again to finish an interrupted grid:
+finished cells are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kit.compare.grid import GridError, load_grid
+from kit.compare.runner import run_grid
+from kit.compare.table import markdown, plot, run_row, summarise, write_csv
+
+
+def write_outputs(results, out: Path, title: str) -> list[dict]:
+    """comparison.csv/.md/.png from the finished cells; returns the CSV rows."""
+    rows = [
+        run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir)
+        for r in results
+        if r.status != "failed"
+    ]
+    write_csv(rows, out / "comparison.csv")
+    summary = summarise(rows)
+    (out / "comparison.md").write_text(markdown(summary, title))
+    plot(summary, out / "comparison.png", title)
+    return rows
+
+
+def log_wandb(rows: list[dict], out: Path, title: str, project: str) -> None:
+    """The comparison table and plot as one W&B run (WANDB_MODE=offline works without an account)."""
+    import wandb
+
+    run = wandb.init(project=project, name=title, job_type="compare", dir=str(out))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    run.log(
+        {
+            "compare/table": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),
+            "compare/rougeL_vs_bytes": wandb.Image(str(out / "comparison.png")),
+        }
+    )
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedkseed compare", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True, help="grid YAML (see recipes/compare/)")
+    parser.add_argument("--out", required=True, help="output folder: one run directory per cell + tables")
+    parser.add_argument("--dry-run", action="store_true", help="print each cell's fit command, run nothing")
+    parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
+    parser.add_argument("--wandb_project", default="fedkseed", help="W&B project")
+    args = parser.parse_args(argv)
+    try:
+        cells = load_grid(args.config)
+    except GridError as err:
+        print(f"fedkseed compare: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    title = f"{Path(args.config).stem}: {len(cells)} runs"
+    if args.wandb:
+        cells = [type(c)(c.scenario, c.method, c.seed, (*c.argv, "--wandb", "true")) for c in cells]
+    if args.dry_run:
+        for cell in cells:
+            print(cell.name, "fedkseed fit", " ".join(cell.argv))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_grid(cells, out)
+    rows = write_outputs(results, out, title)
+    if args.wandb:
+        log_wandb(rows, out, title, args.wandb_project)
+    print(f"[compare] {out / 'comparison.md'}\n" + (out / "comparison.md").read_text())
+    failed = [r.cell.name for r in results if r.status == "failed"]
+    if failed:
+        print(
+            f"[compare] {len(failed)} cell(s) failed, see their fit.log: {', '.join(failed)}", file=sys.stderr
+        )
+        return 1
+    return 0

@@ -1,0 +1,194 @@
+"""The comparison's outputs from its cells' run directories: a CSV row per run, a Markdown summary per
+method (mean ± std over seeds), and a plot of Rouge-L against total communicated bytes.
+
+Every figure comes from the run's own `summary.json` (and `metrics.csv` for the time per round), so a
+table can be rebuilt at any time from the run directories alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+COLUMNS = (
+    "scenario",
+    "method",
+    "seed",
+    "rougeL",
+    "eval_loss_before",
+    "eval_loss_after",
+    "uplink_bytes_per_client_round",
+    "downlink_bytes_per_round",
+    "total_bytes",
+    "rounds",
+    "time_per_round_s",
+    "wall_time_s",
+    "peak_memory_bytes",
+    "global_weights_sha256",
+    "run_dir",
+)
+
+
+def _round_times(run_dir: Path) -> list[float]:
+    """The training time of each round (`time/round_s` of metrics.csv, one value per round)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        per_round = {r["round"]: r["time/round_s"] for r in csv.DictReader(f) if r.get("time/round_s")}
+    return [float(v) for v in per_round.values()]
+
+
+def run_row(scenario: str, method: str, seed: int, run_dir: Path) -> dict:
+    """One CSV row from a finished run directory; `rougeL` is the mean over the scored suites, each suite
+    also gets its own `rougeL_<suite>` column."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    rouge = s.get("rougeL") or {}
+    times = _round_times(run_dir)
+    row = {
+        "scenario": scenario,
+        "method": method,
+        "seed": seed,
+        "rougeL": statistics.fmean(rouge.values()) if rouge else None,
+        "eval_loss_before": s.get("eval_loss_before"),
+        "eval_loss_after": s.get("eval_loss_after"),
+        "uplink_bytes_per_client_round": (s.get("uplink_bytes_per_client_round") or {}).get("mean"),
+        "downlink_bytes_per_round": s.get("downlink_bytes_per_round"),
+        "total_bytes": s.get("total_bytes"),
+        "rounds": s.get("rounds"),
+        "time_per_round_s": statistics.fmean(times) if times else None,
+        "wall_time_s": s.get("wall_time_s"),
+        "peak_memory_bytes": s.get("peak_gpu_bytes") or s.get("peak_rss_bytes"),
+        "global_weights_sha256": s.get("global_weights_sha256"),
+        "run_dir": str(run_dir),
+    }
+    row.update({f"rougeL_{suite}": score for suite, score in sorted(rouge.items())})
+    return row
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS[:4], *extra, *COLUMNS[4:]])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """comparison.csv back as rows (numbers as floats, empty cells as None)."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    text = {"scenario", "method", "run_dir", "global_weights_sha256"}
+    return [{k: (v if k in text else (float(v) if v != "" else None)) for k, v in r.items()} for r in rows]
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values present; std None below two values."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Per (scenario, method), in first-seen order: seeds, Rouge-L and eval loss mean/std, bytes, time."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["method"]), []).append(r)
+    out = []
+    for (scenario, method), rs in groups.items():
+        stat = {}
+        for key in ("rougeL", "eval_loss_after", "eval_loss_before", "total_bytes", "time_per_round_s"):
+            stat[key], stat[f"{key}_std"] = mean_std([r[key] for r in rs])
+        for key in ("uplink_bytes_per_client_round", "downlink_bytes_per_round", "peak_memory_bytes"):
+            stat[key] = mean_std([r[key] for r in rs])[0]
+        out.append({"scenario": scenario, "method": method, "seeds": len(rs), **stat})
+    return out
+
+
+def _num(value: float | None, std: float | None = None, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if std is not None else text
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def markdown(summary: Sequence[dict], title: str) -> str:
+    """comparison.md: one table per scenario, a row per method."""
+    lines = [f"# {title}", ""]
+    lines.append("Mean ± sample std over seeds. Bytes are payload bytes (the wire messages' own lengths).")
+    for scenario in dict.fromkeys(s["scenario"] for s in summary):
+        rows = [s for s in summary if s["scenario"] == scenario]
+        ref = next((s for s in rows if s["method"] == "fedkseed"), None)
+        lines += ["", f"## {scenario}", ""]
+        lines.append(
+            "| method | seeds | Rouge-L | eval loss after | eval loss before | uplink / client / round "
+            "| downlink / round | total bytes | uplink vs FedKSeed | s / round | peak memory |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for s in rows:
+            up = s["uplink_bytes_per_client_round"]
+            ratio = f"{up / ref['uplink_bytes_per_client_round']:,.0f}×" if ref and up else "—"
+            lines.append(
+                f"| {s['method']} | {s['seeds']} | {_num(s['rougeL'], s['rougeL_std'])} "
+                f"| {_num(s['eval_loss_after'], s['eval_loss_after_std'], 4)} "
+                f"| {_num(s['eval_loss_before'], s['eval_loss_before_std'], 4)} "
+                f"| {human_bytes(up)} | {human_bytes(s['downlink_bytes_per_round'])} "
+                f"| {human_bytes(s['total_bytes'])} | {ratio} "
+                f"| {_num(s['time_per_round_s'], digits=1)} | {human_bytes(s['peak_memory_bytes'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Sequence[dict], path: Path, title: str) -> None:
+    """comparison.png: Rouge-L (mean, error bar = std over seeds) against total bytes (log scale), one
+    marker per method, one panel per scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(s["scenario"] for s in summary))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6.5 * len(scenarios), 4.5), squeeze=False)
+    markers = "osD^vP*Xh<>"
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
+        for s in (s for s in summary if s["scenario"] == scenario):
+            if s["rougeL"] is None or not s["total_bytes"]:
+                continue
+            i = methods.index(s["method"])
+            ax.errorbar(
+                s["total_bytes"],
+                s["rougeL"],
+                yerr=s["rougeL_std"] or 0.0,
+                xerr=s["total_bytes_std"] or 0.0,
+                fmt=markers[i % len(markers)],
+                color=f"C{i % 10}",
+                capsize=4,
+                markersize=8,
+                label=f"{s['method']} (n={s['seeds']})",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("total communicated bytes (up + down, whole run)")
+        ax.set_ylabel("Rouge-L (0-100)")
+        ax.set_title(scenario)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

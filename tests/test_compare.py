@@ -1,0 +1,218 @@
+"""`fedkseed compare`: grid parsing, the tables' statistics, and an interrupted grid that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kit.compare.grid import GridError, load_grid
+from kit.compare.table import markdown, mean_std, read_csv, summarise
+
+from .conftest import REPO
+
+
+def _grid(tmp_path: Path, **spec) -> Path:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text("trainer:\n  max_epochs: 1\n")
+    spec = {"scenarios": {"s": [str(scenario)]}, "method_recipes": str(REPO / "recipes" / "methods"), **spec}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_cells_compose_scenario_method_seed_and_args(tmp_path):
+    path = _grid(
+        tmp_path,
+        methods=["fedkseed", "fedit"],
+        seeds=[3, 4],
+        args=["--fed.local_steps", 2],
+        method_args={"fedit": ["--model.lr", "1e-4"]},
+    )
+    cells = load_grid(path)
+    assert [c.name for c in cells] == [
+        "s/fedkseed/seed3",
+        "s/fedkseed/seed4",
+        "s/fedit/seed3",
+        "s/fedit/seed4",
+    ]
+    argv = list(cells[3].argv)
+    assert argv[:6] == [
+        "-c",
+        str(tmp_path / "scenario.yaml"),
+        "-c",
+        str(REPO / "recipes" / "methods" / "fedit.yaml"),
+        "--method",
+        "fedit",
+    ]
+    assert argv[6:] == [
+        "--seed_everything",
+        "4",
+        "--fed.seed",
+        "4",
+        "--fed.local_steps",
+        "2",
+        "--model.lr",
+        "1e-4",
+    ]
+    assert "--model.lr" not in cells[0].argv  # method_args only reach their method
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"methods": ["fedsgd"], "seeds": [1]}, "unknown methods ['fedsgd']"),
+        ({"methods": ["fedkseed"], "seeds": []}, "'seeds' must be a non-empty list"),
+        ({"methods": ["fedkseed"], "seeds": [1, 1]}, "must not repeat"),
+        ({"methods": ["fedkseed"], "seeds": [1], "rounds": 3}, "unknown keys ['rounds']"),
+        ({"methods": ["fedkseed"], "seeds": [1], "method_args": {"fedit": []}}, "'method_args' must map"),
+    ],
+)
+def test_malformed_grid_is_refused_with_the_key_named(tmp_path, spec, message):
+    with pytest.raises(GridError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_grid(_grid(tmp_path, **spec))
+
+
+def test_missing_scenario_recipe_is_named(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        yaml.safe_dump({"scenarios": {"s": ["nope.yaml"]}, "methods": ["fedkseed"], "seeds": [1]})
+    )
+    with pytest.raises(GridError, match="recipe 'nope.yaml' not found"):
+        load_grid(path)
+
+
+def test_every_shipped_grid_loads():
+    grids = sorted((REPO / "recipes" / "compare").glob("*.yaml"))
+    assert {g.stem for g in grids} >= {"smoke", "cpu-small"}
+    for grid in grids:
+        cells = load_grid(grid)
+        assert cells and len({c.name for c in cells}) == len(cells)
+    from kit.methods import METHODS
+
+    assert {c.method for c in load_grid(REPO / "recipes" / "compare" / "smoke.yaml")} == set(METHODS)
+
+
+def test_mean_std_is_the_sample_statistics():
+    values = [21.5, 23.25, 19.0]
+    mean, std = mean_std([*values, None])
+    assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values, ddof=1))
+    assert mean_std([4.0]) == (4.0, None) and mean_std([None]) == (None, None)
+
+
+def test_summary_groups_seeds_per_method_and_reports_uplink_ratio():
+    def row(method, seed, rouge, up):
+        return {
+            "scenario": "d",
+            "method": method,
+            "seed": seed,
+            "rougeL": rouge,
+            "eval_loss_before": 2.5,
+            "eval_loss_after": 2.4,
+            "uplink_bytes_per_client_round": up,
+            "downlink_bytes_per_round": 10.0,
+            "total_bytes": up * 4.0,
+            "time_per_round_s": 1.0,
+            "peak_memory_bytes": 1e9,
+        }
+
+    rows = [row("fedkseed", 1, 20.0, 100.0), row("fedkseed", 2, 22.0, 100.0), row("fedit", 1, 25.0, 1e7)]
+    summary = summarise(rows)
+    assert [(s["method"], s["seeds"]) for s in summary] == [("fedkseed", 2), ("fedit", 1)]
+    assert summary[0]["rougeL"] == 21.0 and summary[0]["rougeL_std"] == pytest.approx(np.sqrt(2.0))
+    table = markdown(summary, "t")
+    assert "| fedkseed | 2 | 21.00 ± 1.41 |" in table
+    assert "| 100,000× |" in table  # FedIT's uplink over FedKSeed's
+
+
+def _tiny_grid(tmp_path: Path, model_dir: Path, data_root: Path) -> Path:
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"accelerator": "cpu", "max_epochs": 2},
+                "model": {"model": str(model_dir), "lr": 1e-3, "zo_eps": 1e-2},
+                "data": {"dataset": "ni", "data_root": str(data_root), "max_length": 128, "eval_size": 8},
+                "fed": {"num_seeds": 64, "fraction": 0.05, "local_steps": 2, "rouge_limit": 9},
+            }
+        )
+    )
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "scenarios": {"tiny": [str(scenario)]},
+                "methods": ["fedkseed", "fedit"],
+                "seeds": [1],
+                "method_recipes": str(REPO / "recipes" / "methods"),
+            }
+        )
+    )
+    return grid
+
+
+def _compare(grid: Path, out: Path) -> subprocess.Popen:
+    """`fedkseed compare` in its own process group, so that a kill takes its running cell too."""
+    cmd = [sys.executable, "-m", "kit", "compare", "-c", str(grid), "--out", str(out)]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    """The output of a compare process run to its end; it and its cells are killed if it overruns."""
+    try:
+        return proc.communicate(timeout=timeout)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+DETERMINISTIC = ("scenario", "method", "seed", "rougeL", "eval_loss_before", "eval_loss_after", "total_bytes")
+
+
+@pytest.mark.slow
+def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir, data_root, tmp_path):
+    grid = _tiny_grid(tmp_path, tiny_model_dir, data_root)
+    out = tmp_path / "interrupted"
+    first = out / "tiny" / "fedkseed" / "seed1" / "summary.json"
+    proc = _compare(grid, out)
+    try:
+        deadline = time.monotonic() + 600
+        while not (first.is_file() and json.loads(first.read_text()).get("finished")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the first cell never finished"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-grid: the second cell is starting or running
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (out / "comparison.csv").exists()
+    kept = first.read_bytes()
+
+    again = _compare(grid, out)
+    log = _finish(again)
+    assert again.returncode == 0, log
+    assert "tiny/fedkseed/seed1: finished before, skipped" in log
+    assert first.read_bytes() == kept  # not redone
+    assert log.count(": done in") == 1
+
+    fresh = _compare(grid, tmp_path / "uninterrupted")
+    assert _finish(fresh) and fresh.returncode == 0
+    a, b = read_csv(out / "comparison.csv"), read_csv(tmp_path / "uninterrupted" / "comparison.csv")
+    assert len(a) == 2
+    assert [[r[k] for k in DETERMINISTIC] for r in a] == [[r[k] for k in DETERMINISTIC] for r in b]
+    assert [r["global_weights_sha256"] for r in a] == [r["global_weights_sha256"] for r in b]
+    up = {r["method"]: r["uplink_bytes_per_client_round"] for r in a}
+    assert up["fedit"] >= 100 * up["fedkseed"]
+    assert (out / "comparison.md").read_text().count("| fedit | 1 |") == 1
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
