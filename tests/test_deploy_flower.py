@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -120,3 +121,32 @@ def test_recipe_refuses_methods_flower_does_not_run(tmp_path):
         load_recipe([], {"method": "fedit"})
     with pytest.raises(FileNotFoundError, match="recipe .* not found"):
         load_recipe([str(tmp_path / "missing.yaml")])
+
+
+@pytest.mark.slow
+def test_superlink_and_three_supernodes_on_loopback_equal_the_lightning_run(
+    tiny_model_dir, data_root, tmp_path
+):
+    """Real processes: `flower-superlink` + 3 `flower-supernode` on 127.0.0.1, the run by `flwr run`."""
+    from kit.deploy.local import LocalDeployment, process_tree
+
+    rc = _run_config(tiny_model_dir, data_root, tmp_path)
+    dep = LocalDeployment(tmp_path / "dep", num_nodes=3)
+    try:
+        dep.start()
+        pids = [pid for p in [dep.superlink, *dep.nodes.values()] for pid in process_tree(p.pid)]
+        dep.submit({**rc, "run-dir": str(tmp_path / "dep"), "round-timeout": 300.0})
+        s = dep.wait_summary(rounds=2, timeout=900)
+    finally:
+        dep.stop()
+    assert s["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
+    assert s["train_loss_per_round"] == GOLDEN["fedkseed-pro"]["train_loss_per_round"]
+    assert s["replica_digest_mismatches"] == 0
+    assert all(not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid) for pid in pids)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"
