@@ -216,3 +216,21 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert up["fedit"] >= 100 * up["fedkseed"]
     assert (out / "comparison.md").read_text().count("| fedit | 1 |") == 1
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_logs_to_wandb_offline(tmp_path, monkeypatch):
+    from kit.compare.cli import log_wandb
+    from kit.compare.table import plot
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rows = [{"scenario": "s", "method": "fedkseed", "seed": 1, "rougeL": 20.0, "total_bytes": 96}]
+    summary = [{**rows[0], "seeds": 1, "rougeL_std": None, "total_bytes_std": None}]
+    plot(summary, tmp_path / "comparison.png", "t")
+    log_wandb(rows, tmp_path, "t", "fedkseed-test")
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    (table,) = run.glob("files/media/table/compare/*.table.json")
+    assert json.loads(table.read_text()) == {
+        "columns": ["scenario", "method", "seed", "rougeL", "total_bytes"],
+        "data": [["s", "fedkseed", 1, 20.0, 96]],
+    }
+    assert len(list(run.glob("files/media/images/compare/rougeL_vs_bytes_*.png"))) == 1
