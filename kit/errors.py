@@ -1,0 +1,11 @@
+"""Errors the user fixes by changing the command: `fedkseed` prints their one line, no traceback."""
+
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """Bad input (a flag, a path, a file) with a message that names the problem and the fix.
+
+    `fedkseed` (kit.cli.main) prints `fedkseed: error: <message>` and exits with status 2; called as
+    a library the error propagates like any ValueError.
+    """
