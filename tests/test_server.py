@@ -41,6 +41,36 @@ def test_pro_probabilities_match_the_reference_formula():
     assert np.allclose(pro_probabilities(np.zeros(4), np.ones(4)), 0.25)  # round 1: uniform
 
 
+def _reference_pro_probabilities(history: dict[int, list[float]], k: int, clip: float) -> np.ndarray:
+    """A port of the reference's FedKSeed-Pro rule (server.py `calculate_probabilities`), from its
+    per-step history: every seed's list starts with one 0 and gets every local step's g; the score
+    is the mean |clip(g)| of the list, min-max normalised, then softmax."""
+    means = np.array([np.mean(np.abs(np.clip(history[j], -clip, clip))) for j in range(k)])
+    norm = (means - means.min()) / (means.max() - means.min() + 1e-10)
+    return np.exp(norm) / np.exp(norm).sum()
+
+
+def test_pro_probabilities_equal_the_reference_per_step_history():
+    """Clients that draw a seed at most once per round send per-seed sums equal to the per-step g, so
+    the server's history (per client and touched seed) must give the reference's probabilities."""
+    rng = np.random.default_rng(7)
+    server, clip = Server(POOL, pro=True, bias_loss_clip=2.0), 2.0
+    history: dict[int, list[float]] = {j: [0.0] for j in range(16)}
+    for rnd in range(1, 5):
+        ups = []
+        for client in range(3):
+            acc = np.zeros(16, dtype=np.float32)
+            for j in rng.choice(16, size=5, replace=False):  # 5 local steps, distinct seeds
+                g = np.float32(rng.normal(scale=2.0) or 0.5)  # some beyond the clip, never 0
+                acc[j] = g
+                history[int(j)].append(float(g))
+            ups.append(Uplink(rnd, client, acc))
+        down = server.aggregate_train(ups, [1, 2, 3])
+        expected = _reference_pro_probabilities(history, 16, clip)
+        np.testing.assert_allclose(down.probabilities, expected, rtol=1e-6, atol=0)
+    assert not np.allclose(down.probabilities, 1 / 16)
+
+
 def test_server_history_clips_magnitudes_and_feeds_probabilities():
     server = Server(POOL, pro=True, bias_loss_clip=1.0)
     up = np.zeros(16, dtype=np.float32)
