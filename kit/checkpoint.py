@@ -7,7 +7,7 @@ crash at any moment leaves the previous round's checkpoint whole. A run killed m
 from the last completed round and redoes the interrupted round from its start; since everything
 random is a function of (seed, round, client), it ends with an uninterrupted run's numbers.
 Lightning's `ModelCheckpoint` is not used: with `save_top_k=0` it wrote `last.ckpt` only at the end
-of fit, and it writes in place.
+of fit (its fsspec transaction renames a temporary file but never fsyncs it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from kit.atomic import fsync_replace
-from kit.errors import UsageError
+from kit.errors import UsageError, first_line
 from kit.loop import FederatedLoop
 
 LAST = "last.ckpt"
@@ -72,8 +72,7 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
     except UsageError:
         raise
     except Exception as e:  # zipfile.BadZipFile, torch's PytorchStreamReader errors, unpickling errors
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"{flag} {path} is truncated or corrupt ({reason}); {fix}") from None
+        raise UsageError(f"{flag} {path} is truncated or corrupt ({first_line(e)}); {fix}") from None
     loop = state.get("callbacks", {}).get(LOOP_STATE_KEY) if isinstance(state, dict) else None
     if not isinstance(loop, dict) or "rounds_done" not in loop:
         raise UsageError(f"{flag} {path} is not a fedkseed checkpoint (no federated-loop state); {fix}")

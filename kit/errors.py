@@ -9,3 +9,9 @@ class UsageError(ValueError):
     `fedkseed` (kit.cli.main) prints `fedkseed: error: <message>` and exits with status 2; called as
     a library the error propagates like any ValueError.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none), to quote as the reason."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

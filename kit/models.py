@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from kit.errors import UsageError
+from kit.errors import UsageError, first_line
 from kit.paths import cache_dir
 
 EMBEDDED = {
@@ -86,7 +86,7 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
     try:
         return loader.from_pretrained(location, **kwargs)
     except OSError as e:  # no config.json / weights in the folder, Hub unreachable or unknown id
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise UsageError(f"--model.model {name_or_path} cannot be loaded ({reason}); {MODEL_FIX}") from None
 
 

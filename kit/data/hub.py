@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kit.errors import UsageError
+from kit.errors import UsageError, first_line
 from kit.paths import DATA_ROOT_ENV
 
 
@@ -14,8 +14,7 @@ def load_hub_dataset(hub_id: str, local_copy: str, **kwargs):
     try:
         return datasets.load_dataset(hub_id, **kwargs)
     except OSError as e:  # ConnectionError (no network), DatasetNotFoundError (offline mode), ...
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(
-            f"no data root is set and {hub_id} cannot be loaded from the Hugging Face Hub ({reason}); "
+            f"no data root is set and {hub_id} cannot be loaded from the Hugging Face Hub ({first_line(e)}); "
             f"pass --data.data_root DIR or set ${DATA_ROOT_ENV} to a folder holding {local_copy}"
         ) from None
