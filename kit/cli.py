@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 
 import kit.strategy  # noqa: F401  (registers the fed_ddp strategy)
+from kit.checkpoint import RoundCheckpoint, load_checkpoint
 from kit.data.datamodule import FederatedDataModule
+from kit.errors import UsageError
 from kit.loop import FederatedLoop
+from kit.metrics_csv import RoundCSVLogger
 from kit.module import FedKSeedModule, MethodName
 
 RUN_DIR_ENV = "FEDKSEED_RUN_DIR"
@@ -84,14 +85,22 @@ class FedKSeedCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = resolve_run_dir(cfg.get("run_dir"))
         config["default_root_dir"] = run_dir
-        loggers = [CSVLogger(run_dir, name="", version="")]
+        loggers = [RoundCSVLogger(run_dir)]
         if cfg.get("wandb"):
             from lightning.pytorch.loggers import WandbLogger
 
             loggers.append(WandbLogger(project=cfg.get("wandb_project"), save_dir=run_dir))
         config["logger"] = loggers
-        callbacks.append(ModelCheckpoint(dirpath=Path(run_dir) / "checkpoints", save_last=True, save_top_k=0))
+        callbacks.append(RoundCheckpoint(Path(run_dir) / "checkpoints"))  # after every round, atomic
         return super()._instantiate_trainer(config, callbacks)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyperparameters right after parsing, with a bare torch.load:
+        # refuse a missing, truncated or corrupt checkpoint first, in one line (torch.load fails deep
+        # in its zip reader on a truncated file and loads a corrupted one silently)
+        if self.config.get("subcommand") == "fit" and self.config["fit"].get("ckpt_path"):
+            load_checkpoint(self.config["fit"]["ckpt_path"])
+        super()._parse_ckpt_path()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         from kit.compare.cli import main as compare_main
 
         sys.exit(compare_main(argv[1:]))
-    FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
+    try:
+        FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
+    except UsageError as e:
+        print(f"fedkseed: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

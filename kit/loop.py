@@ -28,6 +28,7 @@ from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.federation.server import sample_clients
 from kit.methods import FedSettings, Method, build_method
+from kit.metrics_csv import RoundCSVLogger
 from kit.reporting import RunReporter, headline, log_rouge_tables
 from kit.snapshot import WeightSnapshot
 
@@ -119,6 +120,10 @@ class FederatedLoop(pl.Callback):
             self.method.load_state_dict(self._loaded)
             self.method.restore_global()
             self._loaded = None
+            if trainer.is_global_zero:  # metrics.csv: keep the checkpointed rounds' rows, drop later ones
+                for logger in trainer.loggers:
+                    if isinstance(logger, RoundCSVLogger):
+                        logger.resume(self.rounds_done)
         elif self.reporter.eval_loss_before is None:
             self.reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
             self.reporter.log(trainer, {"eval/loss": self.reporter.eval_loss_before}, step=0)

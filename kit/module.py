@@ -30,8 +30,9 @@ class FedKSeedModule(pl.LightningModule):
             fedzo, fedit, fedit-sgd, fedptuning, fedprompt or fedavg.
         lr: learning rate of the client's local steps (reference: 3e-7 ZO, 3e-4 FedIT).
         zo_eps: ZO methods: perturbation scale epsilon (reference 5e-4).
-        weight_decay: ZO: decoupled decay on matrices only, never biases or norms; first-order: the
-            optimizer's weight decay (reference 0).
+        weight_decay: ZO: decoupled decay on matrices only, never biases or norms, at every local
+            step; FedKSeed's global update decays the matrices by the same tau steps' factor once per
+            round; first-order: the optimizer's weight decay (reference 0).
         grad_clip: ZO: skip a step whose |L+ - L-| exceeds this; first-order: clip the gradient
             norm to this. null or <= 0: off (the reference's default -100).
         distribution: ZO perturbation distribution, "gaussian" or "rademacher".

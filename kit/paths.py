@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kit.errors import UsageError
+
 DATA_ROOT_ENV = "FEDKSEED_DATA_ROOT"
 CACHE_ENV = "FEDKSEED_CACHE"
 
@@ -16,7 +18,7 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
         return None
     root = Path(value).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise UsageError(
             f"data root {root} does not exist; pass --data.data_root DIR or set ${DATA_ROOT_ENV} "
             "to a folder holding dolly/ and natural-instructions/ (see README)"
         )

@@ -68,6 +68,7 @@ class RunReporter:
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({**metrics, "round": step}, step=step)
+                logger.save()  # on disk before the round's checkpoint (Lightning flushes every 100 steps)
 
     def write_summary(self, path: Path, facts: dict, net: torch.nn.Module | None = None) -> dict:
         """Write `summary.json` atomically from the history and the run's `facts`; with `net` (the

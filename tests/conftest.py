@@ -112,3 +112,19 @@ def fed_args(model_dir: Path, data_root: Path, run_dir: Path, rounds: int = 3) -
         "--trainer.max_epochs",
         str(rounds),
     ]
+
+
+def rouge_from_generations(path: Path) -> float:
+    """Rouge-L (0-100) of a generations file re-scored with `rouge-score` itself, independently of
+    `eval.rouge`: the F-measure with the Porter stemmer, 0 for an empty prediction, mean over examples."""
+    import json
+
+    from rouge_score.rouge_scorer import RougeScorer
+
+    scorer = RougeScorer(["rougeL"], use_stemmer=True)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    scores = [
+        scorer.score(r["reference"], r["prediction"])["rougeL"].fmeasure if r["prediction"].strip() else 0.0
+        for r in rows
+    ]
+    return 100.0 * sum(scores) / len(scores)

@@ -7,6 +7,7 @@ import pytest
 
 from kit.data.dolly import DOLLY_HUB_ID, dolly_example, heldout_sample, load_dolly, split_dolly
 from kit.data.prompts import DOLLY_NO_CONTEXT
+from kit.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def test_load_dolly_reads_every_record(records):
 
 
 def test_missing_data_root_error_names_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="databricks-dolly-15k.jsonl") as err:
+    with pytest.raises(UsageError, match="databricks-dolly-15k.jsonl") as err:
         load_dolly(tmp_path)
     assert "--data.data_root" in str(err.value) and "FEDKSEED_DATA_ROOT" in str(err.value)
 

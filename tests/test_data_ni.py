@@ -9,6 +9,7 @@ import pytest
 
 from kit.data.natural_instructions import NI_HUB_ID, SPLITS_DIR, TASKS_DIR, load_ni
 from kit.data.prompts import ni_prompt
+from kit.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_ni_prompt_is_the_definition_and_input_response_the_first_output(split, 
 
 
 def test_missing_ni_root_error_names_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_tasks.txt") as err:
+    with pytest.raises(UsageError, match="train_tasks.txt") as err:
         load_ni(tmp_path)
     assert "--data.data_root" in str(err.value) and "FEDKSEED_DATA_ROOT" in str(err.value)
 

@@ -12,7 +12,7 @@ import pytest
 
 from kit.cli import main
 
-from .conftest import REPO
+from .conftest import REPO, rouge_from_generations
 from .conftest import fed_args as _args
 
 
@@ -30,9 +30,10 @@ def test_run_writes_config_metrics_checkpoint_and_summary(tiny_model_dir, data_r
     assert s["downlink_bytes_per_round"] > 4 * 64  # Pro downlinks carry K probabilities
     assert s["eval_loss_before"] > 0 and s["eval_loss_after"] > 0
     assert len(s["pro_probabilities_sorted"]) == 2
-    assert 0 <= s["rougeL"]["ni"] <= 100  # zero-shot Rouge-L of the final model, one example per NI test task
-    generations = (run / "eval" / "round_2" / "generations_ni.jsonl").read_text().splitlines()
-    assert len(generations) == 9
+    # zero-shot Rouge-L of the final model, one example per NI test task, as rouge-score scores it
+    generations = run / "eval" / "round_2" / "generations_ni.jsonl"
+    assert len(generations.read_text().splitlines()) == 9
+    assert s["rougeL"]["ni"] == pytest.approx(rouge_from_generations(generations), rel=1e-12, abs=1e-12)
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and ckpt.stat().st_size < 200_000  # seed history, not weights

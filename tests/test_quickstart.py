@@ -8,7 +8,7 @@ import pytest
 
 from kit.cli import main
 
-from .conftest import REPO
+from .conftest import REPO, rouge_from_generations
 
 
 @pytest.mark.slow
@@ -27,4 +27,6 @@ def test_quickstart_recipe_runs_a_real_round(data_root, tmp_path):
     assert s["skipped_steps"] == 0 and all(loss > 0 for loss in s["train_loss_per_round"])
     assert s["eval_loss_before"] > 0 and s["eval_loss_after"] > 0
     assert s["eval_loss_before"] != s["eval_loss_after"]  # the global model moved
-    assert 0 <= s["rougeL"]["dolly"] <= 100
+    generations = run / "eval" / "round_1" / "generations_dolly.jsonl"
+    assert len(generations.read_text().splitlines()) == 2
+    assert s["rougeL"]["dolly"] == pytest.approx(rouge_from_generations(generations), rel=1e-12, abs=1e-12)

@@ -6,7 +6,8 @@ from kit.federation.aggregate import aggregate, client_weights, pro_probabilitie
 from kit.federation.messages import Downlink, Uplink, decode_downlink, encode_downlink
 from kit.federation.seeds import SeedPool
 from kit.federation.server import Server, sample_clients, sample_seed_indices
-from kit.federation.sync import apply_scalars, merged_replay, replay
+from kit.federation.sync import apply_scalars, merged_replay, replay, round_decay
+from kit.zo.estimator import zo_step
 from kit.zo.perturb import Perturber
 
 from .conftest import tiny_llama
@@ -38,6 +39,36 @@ def test_pro_probabilities_match_the_reference_formula():
     expected = np.exp(norm) / np.exp(norm).sum()
     assert np.allclose(pro_probabilities(abs_sum, count), expected)
     assert np.allclose(pro_probabilities(np.zeros(4), np.ones(4)), 0.25)  # round 1: uniform
+
+
+def _reference_pro_probabilities(history: dict[int, list[float]], k: int, clip: float) -> np.ndarray:
+    """A port of the reference's FedKSeed-Pro rule (server.py `calculate_probabilities`), from its
+    per-step history: every seed's list starts with one 0 and gets every local step's g; the score
+    is the mean |clip(g)| of the list, min-max normalised, then softmax."""
+    means = np.array([np.mean(np.abs(np.clip(history[j], -clip, clip))) for j in range(k)])
+    norm = (means - means.min()) / (means.max() - means.min() + 1e-10)
+    return np.exp(norm) / np.exp(norm).sum()
+
+
+def test_pro_probabilities_equal_the_reference_per_step_history():
+    """Clients that draw a seed at most once per round send per-seed sums equal to the per-step g, so
+    the server's history (per client and touched seed) must give the reference's probabilities."""
+    rng = np.random.default_rng(7)
+    server, clip = Server(POOL, pro=True, bias_loss_clip=2.0), 2.0
+    history: dict[int, list[float]] = {j: [0.0] for j in range(16)}
+    for rnd in range(1, 5):
+        ups = []
+        for client in range(3):
+            acc = np.zeros(16, dtype=np.float32)
+            for j in rng.choice(16, size=5, replace=False):  # 5 local steps, distinct seeds
+                g = np.float32(rng.normal(scale=2.0) or 0.5)  # some beyond the clip, never 0
+                acc[j] = g
+                history[int(j)].append(float(g))
+            ups.append(Uplink(rnd, client, acc))
+        down = server.aggregate_train(ups, [1, 2, 3])
+        expected = _reference_pro_probabilities(history, 16, clip)
+        np.testing.assert_allclose(down.probabilities, expected, rtol=1e-6, atol=0)
+    assert not np.allclose(down.probabilities, 1 / 16)
 
 
 def test_server_history_clips_magnitudes_and_feeds_probabilities():
@@ -87,22 +118,60 @@ def test_replay_matches_server_model_bit_for_bit():
         g = np.zeros(16, dtype=np.float32)
         touched = rng.choice(16, 4, replace=False)
         g[touched] = rng.normal(size=4)
-        apply_scalars(server_p, POOL, g, lr=0.01, weight_decay=0.1)
+        apply_scalars(server_p, POOL, g, lr=0.01, decay=1e-3)
         wire.append(encode_downlink(Downlink(r, g), POOL.fingerprint))
     missed = [decode_downlink(d, 16, POOL.fingerprint, expected_round=i + 1) for i, d in enumerate(wire)]
-    replay(
-        Perturber(list(client_model.parameters()), chunk_size=1000), POOL, missed, lr=0.01, weight_decay=0.1
-    )
+    replay(Perturber(list(client_model.parameters()), chunk_size=1000), POOL, missed, lr=0.01, decay=1e-3)
     for a, b in zip(server_model.parameters(), client_model.parameters(), strict=True):
         assert torch.equal(a, b)
     merged_model = tiny_llama()
     passes = merged_replay(Perturber(list(merged_model.parameters()), chunk_size=1000), POOL, missed, lr=0.01)
     assert passes <= 16
-    # no weight decay on the merged path: compare with an exact replay without decay
+    with pytest.raises(ValueError, match="merged replay cannot fold weight decay"):
+        merged_replay(Perturber(list(tiny_llama().parameters())), POOL, missed, lr=0.01, decay=1e-3)
+    # the merged path without weight decay: equal to an exact replay without decay up to rounding
     exact_model = tiny_llama()
     replay(Perturber(list(exact_model.parameters()), chunk_size=1000), POOL, missed, lr=0.01)
     for a, b in zip(exact_model.parameters(), merged_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_global_update_with_weight_decay_decays_matrices_once():
+    model = tiny_llama(dtype=torch.float64)
+    params = list(model.parameters())
+    before = _weights(model)
+    pert = Perturber(params, chunk_size=1000)
+    scalars = np.zeros(16, dtype=np.float32)
+    scalars[[2, 9, 11]] = [1.5, -0.5, 0.25]
+    assert apply_scalars(pert, POOL, scalars, lr=0.1, decay=0.01) == 3
+    zs = [[z.double() for z in pert.z(POOL[j])] for j in (2, 9, 11)]
+    for i, (p, w) in enumerate(zip(params, before, strict=True)):
+        keep = 0.99 if w.dim() >= 2 else 1.0  # never biases or norm scales
+        step = 0.1 * (1.5 * zs[0][i] - 0.5 * zs[1][i] + 0.25 * zs[2][i])
+        torch.testing.assert_close(p, keep * w - step, rtol=0, atol=1e-12)
+    untouched = tiny_llama(dtype=torch.float64)  # a round whose steps were all skipped still decays
+    assert (
+        apply_scalars(Perturber(list(untouched.parameters())), POOL, np.zeros(16, np.float32), 0.1, 0.01) == 1
+    )
+    for p, w in zip(untouched.parameters(), before, strict=True):
+        torch.testing.assert_close(p, (0.99 if w.dim() >= 2 else 1.0) * w, rtol=0, atol=1e-12)
+
+
+def test_server_decay_per_round_equals_a_clients_tau_steps():
+    """With a flat loss (g = 0) a client's tau ZO steps only decay; the global update decays the same."""
+    lr, wd, tau = 0.01, 0.5, 7
+    client, server = tiny_llama(dtype=torch.float64), tiny_llama(dtype=torch.float64)
+    client_p = Perturber(list(client.parameters()), chunk_size=1000)
+    for step in range(tau):
+        out = zo_step(
+            client_p, lambda: torch.tensor(1.0), 0, POOL[step % 16], eps=1e-3, lr=lr, weight_decay=wd
+        )
+        assert out.projected_grad == 0.0 and not out.skipped
+    server_p = Perturber(list(server.parameters()), chunk_size=1000)
+    apply_scalars(server_p, POOL, np.zeros(16, np.float32), lr, round_decay(lr, wd, tau))
+    for (name, a), b in zip(client.named_parameters(), server.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert not torch.equal(next(client.parameters()), next(tiny_llama(dtype=torch.float64).parameters()))
 
 
 def test_replay_refuses_a_gap():

@@ -88,3 +88,12 @@ def test_grad_clip_skips_large_differences():
         Perturber(list(model.parameters())), lambda: next(losses), 0, 1, eps=1e-3, lr=1.0, grad_clip=1.0
     )
     assert step.skipped and step.loss == 5.0
+
+
+def test_grad_clip_zero_or_negative_is_off():
+    model = tiny_llama()
+    pert = Perturber(list(model.parameters()), chunk_size=1000)
+    for clip in (-100.0, 0.0):  # -100 is the reference's default --grad_clip
+        losses = iter([torch.tensor(5.0), torch.tensor(1.0)])
+        step = zo_step(pert, losses.__next__, 0, 1, eps=1e-3, lr=1e-6, grad_clip=clip)
+        assert not step.skipped and step.projected_grad == (5.0 - 1.0) / 2e-3

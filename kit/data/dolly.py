@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from kit.data.examples import Example
+from kit.data.hub import load_hub_dataset
 from kit.data.partition import dirichlet_partition, iid_partition
 from kit.data.prompts import dolly_prompt
+from kit.errors import UsageError
 from kit.paths import DATA_ROOT_ENV
 
 DOLLY_HUB_ID = "databricks/databricks-dolly-15k"
@@ -25,10 +27,10 @@ def load_dolly(root: Path | None) -> list[dict]:
     import datasets
 
     if root is None:
-        return datasets.load_dataset(DOLLY_HUB_ID, split="train").to_list()
+        return load_hub_dataset(DOLLY_HUB_ID, str(DOLLY_FILE), split="train").to_list()
     path = Path(root) / DOLLY_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"Dolly file not found: {path}. Pass --data.data_root DIR (or set ${DATA_ROOT_ENV}) to a folder "
             f"holding {DOLLY_FILE}, or leave both unset to download {DOLLY_HUB_ID} from the Hub"
         )

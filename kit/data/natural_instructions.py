@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from kit.data.examples import Example
+from kit.data.hub import load_hub_dataset
 from kit.data.prompts import ni_prompt
+from kit.errors import UsageError
 from kit.paths import DATA_ROOT_ENV
 
 NI_HUB_ID = "Muennighoff/natural-instructions"
@@ -123,7 +125,7 @@ def _local_tasks(root: Path) -> tuple[list[str], list[str], dict[str, Task]]:
     for split in ("train", "test"):
         path = root / SPLITS_DIR / f"{split}_tasks.txt"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise UsageError(
                 f"Natural Instructions split file not found: {path}. Pass --data.data_root DIR (or set "
                 f"${DATA_ROOT_ENV}) to a folder holding {SPLITS_DIR}/ and {TASKS_DIR}/, or leave both unset "
                 f"to download {NI_HUB_ID} from the Hub"
@@ -140,9 +142,7 @@ def _local_tasks(root: Path) -> tuple[list[str], list[str], dict[str, Task]]:
 
 def _hub_tasks() -> tuple[list[str], list[str], dict[str, Task]]:
     """Tasks of the Hub copy: its train/test splits are NI's default split; task order = first appearance."""
-    import datasets
-
-    dataset = datasets.load_dataset(NI_HUB_ID)
+    dataset = load_hub_dataset(NI_HUB_ID, f"{SPLITS_DIR}/ and {TASKS_DIR}/")
     names: dict[str, list[str]] = {}
     tasks: dict[str, Task] = {}
     for split in ("train", "test"):

@@ -16,7 +16,7 @@ import torch
 from kit.federation.messages import Uplink, decode_downlink, decode_uplink, encode_downlink, encode_uplink
 from kit.federation.seeds import SeedPool
 from kit.federation.server import Server, sample_seed_indices
-from kit.federation.sync import apply_scalars
+from kit.federation.sync import apply_scalars, round_decay
 from kit.methods.base import ClientUpdate, FedSettings, LossFn, Method, StepOutcome
 from kit.methods.zo_common import make_perturber
 from kit.zo.estimator import zo_step
@@ -35,6 +35,8 @@ class FedKSeed(Method):
         self.probs = self.server.probabilities()
         self.perturber = None
         self._params: list[torch.Tensor] = []
+        # the global update decays matrices as a client's tau steps do (kit.federation.sync)
+        self.decay = round_decay(hp["lr"], hp["weight_decay"], fed.local_steps)
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         net.requires_grad_(False)  # ZO needs no autograd graph
@@ -63,7 +65,7 @@ class FedKSeed(Method):
 
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:
         down = decode_downlink(downlink, self.pool.k, self.pool.fingerprint, expected_round=server_round)
-        apply_scalars(self.perturber, self.pool, down.scalars, self.hp["lr"], self.hp["weight_decay"])
+        apply_scalars(self.perturber, self.pool, down.scalars, self.hp["lr"], self.decay)
         self.downlinks.append(down.scalars)
         self.probs = down.probabilities
         if down.probabilities is not None:
@@ -86,7 +88,7 @@ class FedKSeed(Method):
     def restore_global(self) -> None:
         """theta_g = theta_0 replayed through every round's G (bit-identical to the trained weights)."""
         for g in self.downlinks:
-            apply_scalars(self.perturber, self.pool, g, self.hp["lr"], self.hp["weight_decay"])
+            apply_scalars(self.perturber, self.pool, g, self.hp["lr"], self.decay)
 
     def summary(self) -> dict:
         return {

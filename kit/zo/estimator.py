@@ -39,8 +39,10 @@ def zo_step(
     """One ZO-SGD step along z(seed): returns the projected gradient g = (L+ - L-) / 2 eps.
 
     A non-finite loss (or |L+ - L-| above `grad_clip`, as the reference's `--grad_clip`) restores
-    the weights and skips the update: `skipped=True`, `projected_grad=0`.
+    the weights and skips the update: `skipped=True`, `projected_grad=0`. `grad_clip` None or <= 0
+    is off (the reference's default is -100).
     """
+    clip = grad_clip if grad_clip is not None and grad_clip > 0 else None
     # 1) perturb +eps, loss at theta + eps z
     perturber.add(seed, eps)
     loss_plus = float(loss_fn())
@@ -51,7 +53,7 @@ def zo_step(
     perturber.add(seed, -2.0 * eps)
     loss_minus = float(loss_fn())
     diff = loss_plus - loss_minus
-    if not math.isfinite(loss_minus) or (grad_clip is not None and abs(diff) > grad_clip):
+    if not math.isfinite(loss_minus) or (clip is not None and abs(diff) > clip):
         perturber.add(seed, eps)
         return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
     grad = diff / (2.0 * eps)

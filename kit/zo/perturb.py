@@ -81,7 +81,7 @@ class Perturber:
             raise ValueError(f"backend {backend!r} must be 'torch' or 'native' (--model.zo_backend)")
         if distribution not in ("gaussian", "rademacher"):
             raise ValueError(
-                f"distribution {distribution!r} must be 'gaussian' or 'rademacher' (--zo.distribution)"
+                f"distribution {distribution!r} must be 'gaussian' or 'rademacher' (--model.distribution)"
             )
         if not params:
             raise ValueError("Perturber needs at least one parameter")
