@@ -46,7 +46,7 @@ def main() -> None:
         ups = [Uplink(1, c, rng.standard_normal(K).astype(np.float32)) for c in range(n)]
         samples = rng.integers(1, 100, size=n).tolist()
 
-        def rule(name: str):
+        def rule(name: str, ups=ups, samples=samples):
             def run() -> None:
                 for _ in range(CALLS):
                     Server(pool, aggregation=name, trim_fraction=0.1).aggregate_train(ups, samples)
