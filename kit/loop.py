@@ -1,11 +1,12 @@
 """The federated-loop Callback: one Trainer epoch is one round, the same round for every method.
 
 Per round (`server_round` counts from 1):
-  1) configure_train: sample the round's clients (seeded by round), give this process its share;
+  1) configure_train: sample the round's clients (seeded by round), decide which drop out or miss the
+     deadline (`kit.federation.faults`), give this process its share of the others;
   2) each client: restore the global parameters, tau local steps of the method's client update,
      then its encoded uplink (`kit.methods`: K scalars for FedKSeed, tensors for the baselines);
-  3) aggregate_train: every process gets every uplink's bytes, the method decodes, validates and
-     aggregates them in client-id order into the downlink bytes;
+  3) aggregate_train: every process gets every uplink's bytes, the method screens them (rejections
+     counted, never aggregated) and aggregates the accepted ones in client-id order into the downlink;
   4) global update: restore the global parameters, apply the decoded downlink, save them; then
      evaluation (`kit.evaluation`) and reporting (`kit.reporting`).
 Everything random is a pure function of (seed, round, client), so results do not depend on the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
+from kit.federation.faults import FaultModel
 from kit.federation.server import sample_clients
 from kit.methods import FedSettings, Method, build_method
 from kit.metrics_csv import RoundCSVLogger
@@ -55,6 +58,14 @@ class FederatedLoop(pl.Callback):
         snapshot: where the global parameters wait while clients train: "memory", "disk" or "auto"
             (disk on CPU, host memory on accelerators).
         progress: show progress bars on rounds and local steps.
+        dropout: probability that a sampled client drops out of a round (seeded by seed, round, client).
+        straggler_prob: probability that a sampled client straggles (seeded likewise).
+        straggler_delay_s: mean simulated delay of a straggler in seconds (exponential; never slept).
+        deadline_s: per-round deadline in simulated seconds: later clients are missing (null: none).
+        aggregation: server rule: "mean" (weighted by sample count), or per coordinate over clients
+            "median" or "trimmed_mean" (robust to a few bad clients; costs a sort over clients).
+        trim_fraction: trimmed mean: fraction of clients dropped at each end, in [0, 0.5).
+        scalar_bound: FedKSeed(-Pro): clip each client's scalars to [-b, b] before aggregating (null: off).
     """
 
     def __init__(
@@ -74,6 +85,13 @@ class FederatedLoop(pl.Callback):
         rouge_limit: int | None = None,
         snapshot: Literal["auto", "memory", "disk"] = "auto",
         progress: bool = True,
+        dropout: float = 0.0,
+        straggler_prob: float = 0.0,
+        straggler_delay_s: float = 0.0,
+        deadline_s: float | None = None,
+        aggregation: Literal["mean", "median", "trimmed_mean"] = "mean",
+        trim_fraction: float = 0.1,
+        scalar_bound: float | None = None,
     ) -> None:
         if not 0 < fraction <= 1:
             raise ValueError(f"--fed.fraction must be in (0, 1], got {fraction}")
@@ -84,8 +102,17 @@ class FederatedLoop(pl.Callback):
         if rouge_suites is not None and not set(rouge_suites) <= {"ni", "dolly"}:
             raise ValueError(f"--fed.rouge_suites must name 'ni' and/or 'dolly', got {rouge_suites}")
         self.settings = FedSettings(
-            seed, local_steps, num_seeds, bias_loss_clip, pro_temperature, equal_weights
+            seed,
+            local_steps,
+            num_seeds,
+            bias_loss_clip,
+            pro_temperature,
+            equal_weights,
+            aggregation,
+            trim_fraction,
+            scalar_bound,
         )
+        self.faults = FaultModel(dropout, straggler_prob, straggler_delay_s, deadline_s)
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
         self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
         self.rouge_every, self.rouge_at_end = rouge_every, rouge_at_end
@@ -146,11 +173,21 @@ class FederatedLoop(pl.Callback):
         """
         dm = trainer.datamodule
         clients = sample_clients(self.seed, rnd, dm.num_clients_effective, self.fraction)
-        mine = clients[trainer.global_rank :: trainer.world_size]
+        faults = self.faults.round(self.seed, rnd, clients)
+        # clients that drop out or miss the deadline do not train: their uplink would be discarded
+        mine = faults.arrived[trainer.global_rank :: trainer.world_size]
         # Lightning syncs the processes at every step, so all of them must run as many steps
-        padding = -(-len(clients) // trainer.world_size) - len(mine)
-        dm.set_round_plan(rnd, [(c, self.local_steps) for c in mine] + [(IDLE, self.local_steps)] * padding)
-        self._round = {"round": rnd, "clients": clients, "mine": mine, "rows": {}, "client": None}
+        padding = -(-len(faults.arrived) // trainer.world_size) - len(mine)
+        plan = [(c, self.local_steps) for c in mine] + [(IDLE, self.local_steps)] * padding
+        dm.set_round_plan(rnd, plan or [(IDLE, 1)])  # an epoch needs a step, even with every client missing
+        self._round = {
+            "round": rnd,
+            "clients": clients,
+            "faults": faults,
+            "mine": mine,
+            "rows": {},
+            "client": None,
+        }
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._round["t0"] = time.perf_counter()
@@ -198,25 +235,29 @@ class FederatedLoop(pl.Callback):
 
     # -- 3) aggregate_train + 4) global update -------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        rnd, clients = self._round["round"], self._round["clients"]
+        rnd, clients, faults = self._round["round"], self._round["clients"], self._round["faults"]
         rows = _gather(trainer, self._round["rows"])
         sizes = trainer.datamodule.client_sizes
-        downlink = self.method.aggregate_train(
-            rnd, [(cid, rows[cid][0]) for cid in clients], [sizes[c] for c in clients]
+        downlink, screening = self.method.aggregate_train(
+            rnd, [(cid, rows[cid][0]) for cid in faults.arrived], {c: sizes[c] for c in clients}
         )
         self._snapshot.restore()
         method_metrics = self.method.apply_downlink(rnd, downlink)
         self._snapshot.save()
         self.rounds_done = rnd
-        stats = np.array([rows[cid][1:] + (len(rows[cid][0]),) for cid in clients], dtype=np.float64)
+        stats = np.array(
+            [rows[cid][1:] + (len(rows[cid][0]),) for cid in faults.arrived], dtype=np.float64
+        ).reshape(-1, 4)
+        sent = bool(len(stats))  # False: every sampled client was missing
         metrics = {
-            "train/loss": float(stats[:, 0].sum() / max(stats[:, 1].sum(), 1)),
-            "fed/uplink_bytes_mean": float(stats[:, 3].mean()),
-            "fed/uplink_bytes_max": float(stats[:, 3].max()),
+            "train/loss": float(stats[:, 0].sum() / max(stats[:, 1].sum(), 1)) if sent else float("nan"),
+            "fed/uplink_bytes_mean": float(stats[:, 3].mean()) if sent else 0.0,
+            "fed/uplink_bytes_max": float(stats[:, 3].max()) if sent else 0.0,
             "fed/downlink_bytes": float(len(downlink)),
             **method_metrics,
             "zo/skipped_steps": float(stats[:, 2].sum()),
             "time/round_s": time.perf_counter() - self._round["t0"],
+            **self.reporter.record_faults(rnd, faults, screening),
         }
         last = rnd == trainer.max_epochs
         if last or (self.eval_every and rnd % self.eval_every == 0):
@@ -265,6 +306,12 @@ class FederatedLoop(pl.Callback):
             "seed": self.seed,
             **self.method.summary(),
             "dropped_examples": dm.dropped,
+            "faults": {
+                **asdict(self.faults),
+                "aggregation": self.settings.aggregation,
+                "trim_fraction": self.settings.trim_fraction,
+                "scalar_bound": self.settings.scalar_bound,
+            },
             "world_size": trainer.world_size,
         }
         return self.reporter.write_summary(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import resource
 import time
@@ -17,6 +18,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from kit.federation.faults import RoundFaults
+from kit.federation.messages import REASONS
+from kit.federation.screening import Screening
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -38,6 +44,7 @@ class RunReporter:
             "downlink_bytes": [],
             "skipped_steps": [],
             "rougeL": [],
+            "faults": [],  # per round: missing (dropped, late) and rejected clients
         }
         self.eval_loss_before: float | None = None
         self.rouge: dict[str, float] = {}
@@ -46,11 +53,38 @@ class RunReporter:
 
     def record_round(self, metrics: dict, uplink_bytes: list[int], downlink_bytes: int, skipped: int) -> None:
         h = self.history
-        h["train_loss"].append(metrics["train/loss"])
+        loss = metrics["train/loss"]
+        h["train_loss"].append(None if math.isnan(loss) else loss)  # None: no client trained
         h["eval_loss"].append(metrics.get("eval/loss"))
         h["uplink_bytes"].append(uplink_bytes)
         h["downlink_bytes"].append(downlink_bytes)
         h["skipped_steps"].append(skipped)
+
+    def record_faults(self, server_round: int, faults: RoundFaults, screening: Screening) -> dict:
+        """Keep the round's missing and rejected clients; returns the logger metrics (`fed/...`).
+
+        `fed/missing_clients` is the missing ids, space separated (a text column, CSV only).
+        """
+        rejected = {str(r.client): r.reason for r in screening.rejected}
+        self.history["faults"].append(
+            {
+                "round": server_round,
+                "dropped": faults.dropped,
+                "late": faults.late,
+                "rejected": rejected,
+                "aggregated": len(screening.accepted),
+            }
+        )
+        counts = screening.counts()
+        return {
+            "fed/sampled": float(len(faults.delays)),
+            "fed/dropped": float(len(faults.dropped)),
+            "fed/late": float(len(faults.late)),
+            "fed/aggregated": float(len(screening.accepted)),
+            "fed/rejected": float(sum(counts.values())),
+            **{f"fed/rejected_{reason}": float(n) for reason, n in counts.items()},
+            "fed/missing_clients": " ".join(str(c) for c in faults.missing),
+        }
 
     def record_rouge(self, server_round: int, results: dict[str, dict]) -> dict[str, float]:
         """Keep the round's Rouge-L per suite; returns the logger metrics."""
@@ -66,8 +100,10 @@ class RunReporter:
     @staticmethod
     def log(trainer: pl.Trainer, metrics: dict, step: int) -> None:
         if trainer.is_global_zero:
+            numbers = {k: v for k, v in metrics.items() if not isinstance(v, str)}
             for logger in trainer.loggers:
-                logger.log_metrics({**metrics, "round": step}, step=step)
+                logged = metrics if isinstance(logger, CSVLogger) else numbers  # text columns: CSV only
+                logger.log_metrics({**logged, "round": step}, step=step)
                 logger.save()  # on disk before the round's checkpoint (Lightning flushes every 100 steps)
 
     def write_summary(self, path: Path, facts: dict, net: torch.nn.Module | None = None) -> dict:
@@ -89,6 +125,12 @@ class RunReporter:
             "eval_loss_before": self.eval_loss_before,
             "eval_loss_after": evals[-1] if evals else None,
             "skipped_steps": int(sum(h["skipped_steps"])),
+            "missing_clients_per_round": h["faults"],
+            "rejected_uplinks": {
+                reason: sum(list(f["rejected"].values()).count(reason) for f in h["faults"])
+                for reason in REASONS
+            },
+            "rounds_without_update": sum(1 for f in h["faults"] if f["aggregated"] == 0),
             "rougeL": self.rouge or None,
             "rougeL_per_round": h["rougeL"],
             "wall_time_s": time.perf_counter() - self.t0,

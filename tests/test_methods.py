@@ -1,13 +1,16 @@
 """Every method as a unit, without Lightning: a client overfits a batch, the server's update moves the
-global model, payload bytes are what the wire format says, and malformed payloads are refused."""
+global model, payload bytes are what the wire format says, and malformed payloads are rejected and counted."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
 from kit.federation.messages import MessageError
 from kit.methods import METHODS, FedSettings, build_method
+from kit.methods.base import NO_UPDATE
 from kit.module import FedKSeedModule
 from kit.snapshot import WeightSnapshot
 
@@ -56,7 +59,8 @@ def test_client_lowers_its_loss_and_the_global_update_keeps_it(name):
         start = [p.clone() for p in method.global_params()]
     losses, wire = _train_client(method, module, snapshot, 0, batch)
     assert sum(losses[-5:]) / 5 < losses[0]
-    down = method.aggregate_train(1, [(0, wire)], [10])
+    down, screening = method.aggregate_train(1, [(0, wire)], {0: 10})
+    assert [a.client for a in screening.accepted] == [0] and not screening.rejected
     metrics = method.apply_downlink(1, down)
     with torch.no_grad():
         after = float(module.batch_loss(batch))
@@ -77,7 +81,8 @@ def test_server_averages_clients_weighted_by_sample_count(name):
         finals.append([p.detach().clone() for p in method.global_params()])
         wires.append(client.finish())
         snapshot.restore()
-    method.apply_downlink(1, method.aggregate_train(1, [(0, wires[0]), (1, wires[1])], [1, 3]))
+    down, _ = method.aggregate_train(1, [(1, wires[1]), (0, wires[0])], {0: 1, 1: 3})  # any arrival order
+    method.apply_downlink(1, down)
     for g0, a, b, got in zip(global_start, *finals, method.global_params(), strict=True):
         expected = 0.25 * a + 0.75 * b  # FedAvg of the clients' weights, by sample count 1 : 3
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
@@ -105,32 +110,40 @@ def test_fedkseed_uplink_is_k_scalars_at_most():
     assert len(wire) <= method.summary()["uplink_bytes_dense"] == 36 + 4 * 8
 
 
+def _rejected(method, server_round: int, uplinks, num_samples) -> list[tuple[int, str, str]]:
+    down, screening = method.aggregate_train(server_round, uplinks, num_samples)
+    if not screening.accepted:
+        assert down == NO_UPDATE  # nothing accepted: the round changes nothing
+    return [(r.client, r.reason, r.detail) for r in screening.rejected]
+
+
 @pytest.mark.parametrize(
-    ("corrupt", "match"),
+    ("corrupt", "reason", "match"),
     [
-        (lambda w: w[:-10], "checksum|truncated"),
-        (lambda w: w[:20], "truncated|shorter"),
-        (lambda w: w[:-1] + bytes([w[-1] ^ 1]), "checksum"),
+        (lambda w: w[:-10], "truncated", "truncated"),
+        (lambda w: w[:20], "truncated", "truncated|shorter"),
+        (lambda w: w[:-1] + bytes([w[-1] ^ 1]), "corrupt", "checksum"),
+        (lambda w: w + b"\0", "oversize", "largest legal"),
     ],
 )
 @pytest.mark.parametrize("name", ["fedit", "fedzo"])
-def test_malformed_tensor_uplinks_are_refused(name, corrupt, match):
+def test_malformed_tensor_uplinks_are_rejected(name, corrupt, reason, match):
     module, method, snapshot = _setup(name)
     _, wire = _train_client(method, module, snapshot, 0, _batch())
-    with pytest.raises(MessageError, match=match):
-        method.aggregate_train(1, [(0, corrupt(wire))], [10])
+    [(client, got, detail)] = _rejected(method, 1, [(0, corrupt(wire))], {0: 10})
+    assert (client, got) == (0, reason) and re.search(match, detail)
 
 
-def test_uplinks_for_another_round_client_or_adapter_are_refused():
+def test_uplinks_for_another_round_client_or_adapter_are_rejected():
     module, method, snapshot = _setup("fedit")
     _, wire = _train_client(method, module, snapshot, 0, _batch())
-    with pytest.raises(MessageError, match="round"):
-        method.aggregate_train(2, [(0, wire)], [10])
-    with pytest.raises(MessageError, match="client"):
-        method.aggregate_train(1, [(1, wire)], [10])
+    assert _rejected(method, 2, [(0, wire)], {0: 10})[0][1] == "wrong_round"
+    assert _rejected(method, 1, [(1, wire)], {1: 10})[0][1] == "client_mismatch"
+    assert _rejected(method, 1, [(1, wire)], {0: 10})[0][1] == "unknown_client"
     other_module, other, other_snapshot = _setup("fedprompt")
-    with pytest.raises(MessageError, match="prompt_encoder|lora|missing|unexpected"):
-        other.aggregate_train(1, [(0, wire)], [10])
+    [(_, reason, detail)] = _rejected(other, 1, [(0, wire)], {0: 10})
+    assert reason in ("oversize", "truncated", "malformed")  # another adapter: another layout
+    assert other.apply_downlink(1, NO_UPDATE) == {}
 
 
 def test_a_client_with_non_finite_weights_cannot_send_them():
@@ -153,7 +166,7 @@ def test_a_non_finite_loss_skips_the_first_order_step():
 def test_checkpoint_state_restores_the_global_parameters():
     module, method, snapshot = _setup("fedit")
     _, wire = _train_client(method, module, snapshot, 0, _batch())
-    method.apply_downlink(1, method.aggregate_train(1, [(0, wire)], [10]))
+    method.apply_downlink(1, method.aggregate_train(1, [(0, wire)], {0: 10})[0])
     state = method.state_dict()
     trained = [p.clone() for p in method.global_params()]
     fresh_module, fresh, _ = _setup("fedit")

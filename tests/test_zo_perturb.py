@@ -104,5 +104,5 @@ def test_weight_decay_spares_norms_and_biases(tiny_model):
 
 
 def test_unknown_distribution_names_the_flag(tiny_model):
-    with pytest.raises(ValueError, match="--zo.distribution"):
+    with pytest.raises(ValueError, match="--model.distribution"):
         Perturber(list(tiny_model.parameters()), distribution="uniform")

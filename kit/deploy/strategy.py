@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import Strategy
 from kit.deploy.recipe import Recipe
 from kit.deploy.wire import flower_bytes
 from kit.federation.catchup import WEIGHTS, plan_catchup
-from kit.federation.messages import Downlink, MessageError, decode_uplink, encode_downlink
+from kit.federation.messages import Downlink, encode_downlink
 from kit.federation.server import sample_clients
 from kit.methods import build_method
 from kit.models import load_model
@@ -171,33 +171,27 @@ class FedKSeedStrategy(Strategy):
 
     # -- 2) aggregate_train ------------------------------------------------------------------------
     def _screen(self, server_round: int, replies: Iterable[Message]) -> tuple[list[dict], Counter]:
-        """The uplinks that pass the kit's decoders, one per sampled client; reasons for the rest.
+        """The uplinks that pass the method's screening (`kit.federation.screening`: sender sampled this
+        round, no replay, size, the decoder's checks, the message names its sender); reasons for the rest.
 
-        The one place where uplinks are accepted or refused (plug further screening in here)."""
-        accepted: dict[int, dict] = {}
+        The one place where uplinks are accepted or refused. Sample counts are the clients' own (the
+        server holds no client data)."""
         refused: Counter = Counter()
-        m = self.method
+        arrived: list[dict] = []
         for reply in replies:
             if reply.has_error():
                 refused["client_error"] += 1
                 continue
             up = dict(reply.content["uplink"])
-            cid = int(up["client"])
-            try:
-                decoded = decode_uplink(
-                    up["payload"], m.pool.k, m.pool.fingerprint, expected_round=server_round
-                )
-            except MessageError:
-                refused["undecodable"] += 1
-                continue
-            if decoded.client_id != cid or cid not in self._round["clients"]:
-                refused["wrong_client"] += 1
-            elif cid in accepted:
-                refused["duplicate"] += 1
-            else:
-                up["node"], up["flower-bytes"] = reply.metadata.src_node_id, flower_bytes(reply)
-                accepted[cid] = up
-        return [accepted[c] for c in sorted(accepted)], refused
+            up["node"], up["flower-bytes"] = reply.metadata.src_node_id, flower_bytes(reply)
+            arrived.append(up)
+        samples = {int(u["client"]): int(u["num-examples"]) for u in arrived}
+        sampled = {c: samples.get(c, 0) for c in self._round["clients"]}
+        pairs = [(int(u["client"]), u["payload"]) for u in arrived]
+        self._round["downlink"], screening = self.method.aggregate_train(server_round, pairs, sampled)
+        refused.update(screening.counts())
+        by_wire = {(int(u["client"]), bytes(u["payload"])): u for u in arrived}
+        return [by_wire[(a.client, bytes(a.wire))] for a in screening.accepted], refused
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -208,11 +202,7 @@ class FedKSeedStrategy(Strategy):
                 f"round {server_round}: no valid uplink within {self.round_timeout} s "
                 f"(refused: {dict(refused)}); raise round-timeout or check the SuperNodes"
             )
-        downlink = self.method.aggregate_train(
-            server_round,
-            [(int(u["client"]), u["payload"]) for u in ups],
-            [int(u["num-examples"]) for u in ups],
-        )
+        downlink = self._round["downlink"]
         self.method.apply_downlink(server_round, downlink)
         mismatched = sum(u["replica-digest"] != self._digest for u in ups) if self.check_replicas else 0
         for u in ups:

@@ -32,7 +32,27 @@ _CRC = struct.Struct("<I")
 
 
 class MessageError(ValueError):
-    """A message that cannot be trusted: the text says what is wrong with it."""
+    """A message that cannot be trusted: the text says what is wrong with it, `reason` names the kind
+    (one of `REASONS`) so a server can count rejections instead of aborting the round."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# kinds of untrusted message, as counted by `kit.federation.screening` (metrics `fed/rejected_<reason>`)
+REASONS = (
+    "unknown_client",  # the sender was not sampled in this round
+    "duplicate",  # a second message from a client already accepted this round (a replay)
+    "oversize",  # longer than the largest legal message
+    "truncated",  # shorter than its header announces (checksum failing)
+    "corrupt",  # checksum mismatch
+    "wrong_round",
+    "wrong_pool",  # another K or seed pool
+    "client_mismatch",  # the header names another client than the sender
+    "non_finite",  # NaN or infinite values
+    "malformed",  # anything else a decoder refuses (magic, version, kind, layout, spec)
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,20 @@ class Downlink:
     round: int
     scalars: np.ndarray  # float32, shape (K,)
     probabilities: np.ndarray | None = None  # float32, shape (K,)
+
+
+def max_uplink_size(k: int) -> int:
+    """Bytes of the largest legal uplink for K seeds: the dense form (sparse is used only when smaller)."""
+    return _HEADER.size + 4 * k + _CRC.size
+
+
+def _announced_size(header: tuple) -> int | None:
+    """Length of the whole message its header announces (None when the encoding is unknown)."""
+    _, _, _, encoding, flags, k, _, _, _, count = header
+    if encoding not in (DENSE, SPARSE):
+        return None
+    size = 4 * k if encoding == DENSE else count * (np.dtype(_index_dtype(k)).itemsize + 4)
+    return _HEADER.size + size + (4 * k if flags & HAS_PROBS else 0) + _CRC.size
 
 
 def _index_dtype(k: int) -> str:
@@ -92,11 +126,17 @@ def encode_downlink(msg: Downlink, fingerprint: bytes) -> bytes:
 def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: int | None):
     name = "uplink" if kind == UPLINK else "downlink"
     if len(data) < _HEADER.size + _CRC.size:
-        raise MessageError(f"{name} truncated: {len(data)} bytes is shorter than a header")
+        raise MessageError(f"{name} truncated: {len(data)} bytes is shorter than a header", "truncated")
+    header = _HEADER.unpack_from(data)
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(data[: -_CRC.size]) != crc:
-        raise MessageError(f"{name} corrupted or truncated: checksum mismatch")
-    magic, version, got_kind, encoding, flags, got_k, fp, rnd, client, count = _HEADER.unpack_from(data)
+        announced = _announced_size(header)
+        if announced is not None and len(data) < announced:
+            raise MessageError(
+                f"{name} truncated: {len(data)} bytes, its header announces {announced}", "truncated"
+            )
+        raise MessageError(f"{name} corrupted or truncated: checksum mismatch", "corrupt")
+    magic, version, got_kind, encoding, flags, got_k, fp, rnd, client, count = header
     if magic != MAGIC:
         raise MessageError(f"not a fedkseed message (magic {magic!r})")
     if version != VERSION:
@@ -104,13 +144,14 @@ def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: 
     if got_kind != kind:
         raise MessageError(f"expected an {name}, got message kind {got_kind}")
     if got_k != k:
-        raise MessageError(f"{name} carries K={got_k} scalars but this federation uses K={k}")
+        raise MessageError(f"{name} carries K={got_k} scalars but this federation uses K={k}", "wrong_pool")
     if fp != fingerprint:
         raise MessageError(
-            f"{name} was made for another seed pool (fingerprint {fp.hex()} != {fingerprint.hex()})"
+            f"{name} was made for another seed pool (fingerprint {fp.hex()} != {fingerprint.hex()})",
+            "wrong_pool",
         )
     if expected_round is not None and rnd != expected_round:
-        raise MessageError(f"{name} is for round {rnd}, expected round {expected_round}")
+        raise MessageError(f"{name} is for round {rnd}, expected round {expected_round}", "wrong_round")
     body = memoryview(data)[_HEADER.size : -_CRC.size]
     probs_size = 4 * k if flags & HAS_PROBS else 0
     if encoding == DENSE:
@@ -131,7 +172,7 @@ def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: 
             raise MessageError(f"{name} sparse indices are out of range or not strictly ascending")
         scalars[idx] = np.frombuffer(body[idx_bytes:size], dtype="<f4")
     if not np.all(np.isfinite(scalars)):
-        raise MessageError(f"{name} holds NaN or infinite scalars")
+        raise MessageError(f"{name} holds NaN or infinite scalars", "non_finite")
     probs = None
     if probs_size:
         probs = np.frombuffer(body[size:], dtype="<f4").copy()

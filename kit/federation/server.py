@@ -9,6 +9,7 @@ import numpy as np
 
 from kit.federation.aggregate import aggregate, client_weights, pro_probabilities
 from kit.federation.messages import Downlink, Uplink
+from kit.federation.robust import bound_scalars, robust_aggregate
 from kit.federation.seeds import SeedPool
 
 
@@ -44,6 +45,14 @@ class Server:
         bias_loss_clip: history magnitudes are clipped to this before averaging (reference 1000).
         pro_temperature: scale of the min-max normalised scores inside the softmax (reference 1).
         equal_weights: weight clients equally instead of by sample count.
+        aggregation: "mean" (weighted sum), "median" or "trimmed_mean" per seed (`kit.federation.robust`).
+        trim_fraction: the trimmed mean drops this fraction of clients at each end, per seed.
+        scalar_bound: clip each client's scalars to [-b, b] before aggregating (None: off); the
+            history of FedKSeed-Pro records the clipped values.
+
+    A seed a client did not touch counts as 0 for it under every rule: that is the client's whole
+    update along that seed, as in the mean. With few clients per seed (tau * n much smaller than K) the
+    median and trimmed mean therefore zero most seeds; `scalar_bound` is the tool for that regime.
     """
 
     pool: SeedPool
@@ -51,6 +60,9 @@ class Server:
     bias_loss_clip: float = 1000.0
     pro_temperature: float = 1.0
     equal_weights: bool = False
+    aggregation: str = "mean"
+    trim_fraction: float = 0.0
+    scalar_bound: float | None = None
     server_round: int = 0  # rounds completed
     abs_sum: np.ndarray = field(init=False)
     count: np.ndarray = field(init=False)
@@ -67,16 +79,26 @@ class Server:
         return pro_probabilities(self.abs_sum, self.count, self.pro_temperature).astype(np.float32)
 
     def aggregate_train(self, uplinks: Sequence[Uplink], num_samples: Sequence[int]) -> Downlink:
-        """Aggregate the round's decoded uplinks (ascending client id) into its downlink."""
+        """Aggregate the round's decoded uplinks (ascending client id) into its downlink.
+
+        No uplink (every client missing or rejected): G = 0, the history and probabilities unchanged.
+        """
         order = np.argsort([u.client_id for u in uplinks], kind="stable")
-        ups = [uplinks[i] for i in order]
-        weights = client_weights([num_samples[i] for i in order], self.equal_weights)
-        total = aggregate([u.scalars for u in ups], weights).astype(np.float32)
-        for u in ups:  # history: one entry per client and touched seed
-            touched = np.flatnonzero(u.scalars)
-            self.abs_sum[touched] += np.minimum(
-                np.abs(u.scalars[touched].astype(np.float64)), self.bias_loss_clip
+        scalars = [uplinks[i].scalars for i in order]
+        if self.scalar_bound is not None:
+            scalars = [bound_scalars(s, self.scalar_bound) for s in scalars]
+        if not scalars:
+            total = np.zeros(self.pool.k, dtype=np.float32)
+        elif self.aggregation == "mean":
+            weights = client_weights([num_samples[i] for i in order], self.equal_weights)
+            total = aggregate(scalars, weights).astype(np.float32)
+        else:
+            total = robust_aggregate(np.stack(scalars), self.aggregation, self.trim_fraction).astype(
+                np.float32
             )
+        for s in scalars:  # history: one entry per client and touched seed
+            touched = np.flatnonzero(s)
+            self.abs_sum[touched] += np.minimum(np.abs(s[touched].astype(np.float64)), self.bias_loss_clip)
             self.count[touched] += 1
         self.server_round += 1
         return Downlink(self.server_round, total, self.probabilities())

@@ -190,11 +190,15 @@ def decode_tensors(
         raise ValueError("spec names must be unique")
     # 1) envelope: length, checksum, header fields.
     if len(data) < _HEADER.size + _CRC.size:
-        raise MessageError(f"{name} truncated: {len(data)} bytes is shorter than a header")
+        raise MessageError(f"{name} truncated: {len(data)} bytes is shorter than a header", "truncated")
     view = memoryview(data)
     (crc,) = _CRC.unpack_from(view, len(view) - _CRC.size)
     if zlib.crc32(view[: -_CRC.size]) != crc:
-        raise MessageError(f"{name} corrupted or truncated: checksum mismatch")
+        if len(data) < (legal := payload_size(spec, wire_dtype)):
+            raise MessageError(
+                f"{name} truncated: {len(data)} bytes, the spec's message is {legal}", "truncated"
+            )
+        raise MessageError(f"{name} corrupted or truncated: checksum mismatch", "corrupt")
     magic, version, got_kind, got_code, reserved, rnd, client, count, table_len = _HEADER.unpack_from(view)
     if magic != MAGIC:
         raise MessageError(f"not a fedkseed tensor message (magic {magic!r})")
@@ -208,11 +212,13 @@ def decode_tensors(
     if reserved != 0:
         raise MessageError(f"{name} reserved header byte is {reserved}, expected 0")
     if expected_round is not None and rnd != expected_round:
-        raise MessageError(f"{name} is for round {rnd}, expected round {expected_round}")
+        raise MessageError(f"{name} is for round {rnd}, expected round {expected_round}", "wrong_round")
     if kind == DOWNLINK and client != NO_CLIENT:
         raise MessageError(f"{name} names client {client}; downlinks carry no client id")
     if expected_client is not None and client != expected_client:
-        raise MessageError(f"{name} is from client {client}, expected client {expected_client}")
+        raise MessageError(
+            f"{name} is from client {client}, expected client {expected_client}", "client_mismatch"
+        )
     # 2) table against the spec, then the announced data length.
     body = view[_HEADER.size : -_CRC.size]
     if table_len > len(body):
@@ -237,7 +243,7 @@ def decode_tensors(
             raw = torch.frombuffer(bytearray(values[at : at + size]), dtype=dtype)
             t = raw.float().reshape(shape)
         if not _all_finite(t):
-            raise MessageError(f"{name} tensor {key!r} holds NaN or infinite values")
+            raise MessageError(f"{name} tensor {key!r} holds NaN or infinite values", "non_finite")
         tensors[key] = t
         at += size
     return TensorMessage(rnd, client, tensors)

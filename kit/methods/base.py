@@ -9,16 +9,24 @@ and downlink bytes, encoded and validated by the method's own message format) an
                        -> restore global params -> apply_downlink(r, downlink) -> save global params
 
 Uplinks and downlinks travel between processes as the bytes a real network would carry, so the
-byte counts are the payloads' own lengths.
+byte counts are the payloads' own lengths. The server trusts no uplink: `aggregate_train` screens
+them (`kit.federation.screening`) with the method's decoder and aggregates only the accepted ones,
+weights renormalised over them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from kit.federation.robust import AGGREGATIONS
+from kit.federation.screening import Accepted, Screening, screen_uplinks
+
+NO_UPDATE = b""  # the downlink of a round with nothing to apply (tensor payloads; FedKSeed sends G = 0)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,10 @@ class FedSettings:
         bias_loss_clip: FedKSeed-Pro clips history magnitudes to this (reference 1000).
         pro_temperature: FedKSeed-Pro's softmax scale (reference 1).
         equal_weights: aggregate clients with equal weights instead of by sample count.
+        aggregation: "mean" (weighted by sample count), or per coordinate over clients "median" or
+            "trimmed_mean" (`kit.federation.robust`).
+        trim_fraction: the trimmed mean drops this fraction of clients at each end.
+        scalar_bound: FedKSeed: clip each client's scalars to [-b, b] before aggregating (None: off).
     """
 
     seed: int = 42
@@ -40,6 +52,19 @@ class FedSettings:
     bias_loss_clip: float = 1000.0
     pro_temperature: float = 1.0
     equal_weights: bool = False
+    aggregation: str = "mean"
+    trim_fraction: float = 0.1
+    scalar_bound: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"--fed.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
+            )
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"--fed.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        if self.scalar_bound is not None and not self.scalar_bound > 0:
+            raise ValueError(f"--fed.scalar_bound must be > 0 or null (off), got {self.scalar_bound}")
 
 
 @dataclass(frozen=True)
@@ -91,11 +116,33 @@ class Method(ABC):
         `saved_global()` yields the global values of `global_params()`, in order (for deltas).
         """
 
-    @abstractmethod
     def aggregate_train(
-        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Sequence[int]
+        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Mapping[int, int]
+    ) -> tuple[bytes, Screening]:
+        """Screen the round's uplinks ((sender, bytes), arrival order), aggregate the accepted ones.
+
+        `num_samples` maps each client sampled this round to its sample count: the senders the server
+        expects. Returns the downlink bytes and the screening (accepted clients, counted rejections).
+        """
+        decode = lambda wire: self.decode_uplink(server_round, wire)  # noqa: E731
+        screening = screen_uplinks(server_round, uplinks, num_samples, decode, self.max_uplink_bytes())
+        counts = [num_samples[a.client] for a in screening.accepted]
+        return self.aggregate_accepted(server_round, screening.accepted, counts), screening
+
+    @abstractmethod
+    def max_uplink_bytes(self) -> int:
+        """Length of the largest legal uplink (longer ones are rejected unread)."""
+
+    @abstractmethod
+    def decode_uplink(self, server_round: int, wire: bytes) -> tuple[int, Any]:
+        """Validate an uplink of `server_round`: (the client id it names, its decoded value); raises
+        `MessageError` with a reason."""
+
+    @abstractmethod
+    def aggregate_accepted(
+        self, server_round: int, accepted: Sequence[Accepted], num_samples: Sequence[int]
     ) -> bytes:
-        """Decode and validate the round's uplinks (ascending client id), aggregate, encode the downlink."""
+        """The server rule over the screened uplinks (ascending client id; possibly none): the downlink."""
 
     @abstractmethod
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:

@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from kit.federation.messages import Uplink, decode_downlink, decode_uplink, encode_downlink, encode_uplink
+from kit.federation.messages import (
+    Uplink,
+    decode_downlink,
+    decode_uplink,
+    encode_downlink,
+    encode_uplink,
+    max_uplink_size,
+)
+from kit.federation.screening import Accepted
 from kit.federation.seeds import SeedPool
 from kit.federation.server import Server, sample_seed_indices
 from kit.federation.sync import apply_scalars, round_decay
@@ -29,7 +37,16 @@ class FedKSeed(Method):
         self.name = "fedkseed-pro" if pro else "fedkseed"
         self.hp, self.fed = hp, fed
         self.pool = SeedPool(fed.num_seeds, fed.seed)
-        self.server = Server(self.pool, pro, fed.bias_loss_clip, fed.pro_temperature, fed.equal_weights)
+        self.server = Server(
+            self.pool,
+            pro,
+            fed.bias_loss_clip,
+            fed.pro_temperature,
+            fed.equal_weights,
+            fed.aggregation,
+            fed.trim_fraction,
+            fed.scalar_bound,
+        )
         self.downlinks: list[np.ndarray] = []  # G of every round: with theta_0, the whole global state
         self.probabilities_sorted: list[list[float]] = []
         self.probs = self.server.probabilities()
@@ -50,17 +67,18 @@ class FedKSeed(Method):
     def client(self, server_round: int, client_id: int, loss_fn: LossFn, saved_global) -> ClientUpdate:
         return _FedKSeedClient(self, server_round, client_id, loss_fn)
 
-    def aggregate_train(
-        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Sequence[int]
+    def max_uplink_bytes(self) -> int:
+        return max_uplink_size(self.pool.k)
+
+    def decode_uplink(self, server_round: int, wire: bytes) -> tuple[int, Uplink]:
+        up = decode_uplink(wire, self.pool.k, self.pool.fingerprint, expected_round=server_round)
+        return up.client_id, up
+
+    def aggregate_accepted(
+        self, server_round: int, accepted: Sequence[Accepted], num_samples: Sequence[int]
     ) -> bytes:
-        decoded = [
-            decode_uplink(wire, self.pool.k, self.pool.fingerprint, expected_round=server_round)
-            for _, wire in uplinks
-        ]
-        for (cid, _), up in zip(uplinks, decoded, strict=True):
-            if up.client_id != cid:
-                raise ValueError(f"uplink of client {up.client_id} arrived as client {cid}'s")
-        down = self.server.aggregate_train(decoded, num_samples)
+        # no accepted uplink: G = 0 still goes down (header only), keeping rounds and Pro's p aligned
+        down = self.server.aggregate_train([a.value for a in accepted], num_samples)
         return encode_downlink(down, self.pool.fingerprint)
 
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:

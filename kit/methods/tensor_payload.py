@@ -1,9 +1,12 @@
 """The server rule of every method whose payload is tensors: weighted averaging (FedAvg).
 
 Clients upload their shared parameters (or, with `sends_delta`, their change from the global
-values), encoded by `kit.federation.tensors` in the configured wire dtype. The server decodes and
-validates each uplink, averages them weighted by sample count in ascending client id, and sends the
-average back; server and clients then apply the decoded downlink, so all hold the same numbers.
+values), encoded by `kit.federation.tensors` in the configured wire dtype. The server screens each
+uplink (a full decode, then the tensors are let go: one decoded payload in memory at a time), averages
+the accepted ones weighted by sample count in ascending client id (decoding each again), and sends
+the average back; server and clients then apply the decoded downlink, so all hold the same numbers.
+`--fed.aggregation median|trimmed_mean` holds every accepted payload decoded at once (n copies).
+A round with no accepted uplink sends NO_UPDATE (0 bytes) and changes nothing.
 The checkpoint holds the global values of the shared parameters.
 """
 
@@ -11,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from kit.federation.aggregate import client_weights
-from kit.federation.messages import DOWNLINK, NO_CLIENT, UPLINK
-from kit.federation.tensors import decode_tensors, encode_tensors
-from kit.methods.base import FedSettings, Method
+from kit.federation.messages import DOWNLINK, NO_CLIENT, UPLINK, MessageError
+from kit.federation.robust import robust_aggregate
+from kit.federation.screening import Accepted
+from kit.federation.tensors import TensorMessage, decode_tensors, encode_tensors, payload_size
+from kit.methods.base import NO_UPDATE, FedSettings, Method
 
 
 class TensorPayloadMethod(Method):
@@ -26,6 +32,11 @@ class TensorPayloadMethod(Method):
     shares_frozen = False  # FedZO shares every parameter though none needs autograd
 
     def __init__(self, hp: Mapping, fed: FedSettings) -> None:
+        if fed.scalar_bound is not None:
+            raise ValueError(
+                f"--fed.scalar_bound bounds FedKSeed's scalars; {hp.get('method')} sends tensors: unset it "
+                "(use --fed.aggregation median or trimmed_mean)"
+            )
         self.hp, self.fed = hp, fed
         self.wire_dtype: str = hp["wire_dtype"]
         self.net: torch.nn.Module | None = None
@@ -53,15 +64,38 @@ class TensorPayloadMethod(Method):
     def encode_uplink(self, server_round: int, client_id: int, tensors: Mapping[str, torch.Tensor]) -> bytes:
         return encode_tensors(UPLINK, server_round, client_id, tensors, self.wire_dtype)
 
-    def aggregate_train(
-        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Sequence[int]
+    def max_uplink_bytes(self) -> int:
+        return payload_size(self.spec, self.wire_dtype)  # exact: every legal uplink has this length
+
+    def _decode(self, server_round: int, wire: bytes) -> TensorMessage:
+        return decode_tensors(wire, UPLINK, self.spec, self.wire_dtype, expected_round=server_round)
+
+    def decode_uplink(self, server_round: int, wire: bytes) -> tuple[int, None]:
+        size = self.max_uplink_bytes()
+        if len(wire) < size:  # the layout is fixed by the spec, so a short message lost its tail
+            raise MessageError(f"tensor uplink truncated: {len(wire)} bytes of {size}", "truncated")
+        return self._decode(server_round, wire).client_id, None  # validated; the tensors are let go
+
+    def aggregate_accepted(
+        self, server_round: int, accepted: Sequence[Accepted], num_samples: Sequence[int]
     ) -> bytes:
+        if not accepted:
+            return NO_UPDATE
+        if self.fed.aggregation != "mean":
+            msgs = [self._decode(server_round, a.wire).tensors for a in accepted]
+            total = {
+                n: torch.from_numpy(
+                    robust_aggregate(
+                        np.stack([m[n].numpy() for m in msgs]), self.fed.aggregation, self.fed.trim_fraction
+                    ).astype(np.float32)
+                )
+                for n, _ in self.spec
+            }
+            return encode_tensors(DOWNLINK, server_round, NO_CLIENT, total, self.wire_dtype)
         weights = client_weights(num_samples, self.fed.equal_weights)
         total: dict[str, torch.Tensor] | None = None
-        for (cid, wire), w in zip(uplinks, weights, strict=True):  # one decoded uplink in memory at a time
-            msg = decode_tensors(
-                wire, UPLINK, self.spec, self.wire_dtype, expected_round=server_round, expected_client=cid
-            )
+        for a, w in zip(accepted, weights, strict=True):  # one decoded uplink in memory at a time
+            msg = self._decode(server_round, a.wire)
             if total is None:
                 total = {n: t.mul_(float(w)) for n, t in msg.tensors.items()}
             else:
@@ -71,6 +105,8 @@ class TensorPayloadMethod(Method):
 
     @torch.no_grad()
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:
+        if downlink == NO_UPDATE:
+            return {}
         msg = decode_tensors(downlink, DOWNLINK, self.spec, self.wire_dtype, expected_round=server_round)
         for name, p in self.named:
             value = msg.tensors[name].to(p.device)
