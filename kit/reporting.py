@@ -7,7 +7,6 @@ losses, Rouge-L, time, memory) plus the method's own (`kit.methods.Method.summar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -18,13 +17,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of the model's weights in parameter order: equal digests mean bit-identical models."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+from kit.identity import weights_digest
 
 
 class RunReporter:

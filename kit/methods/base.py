@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kit.zo.definition import ZDefinition
+
 
 @dataclass(frozen=True)
 class FedSettings:
@@ -69,6 +71,7 @@ class Method(ABC):
     """A federated method: client update, payloads and server rule. Subclasses set `name`."""
 
     name: str = ""
+    z_record: ZDefinition | None = None  # a run's recorded z: set before `prepare` to rebuild under it
 
     @abstractmethod
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
@@ -116,6 +119,10 @@ class Method(ABC):
     @abstractmethod
     def restore_global(self) -> None:
         """Put the loaded global state into the prepared model's parameters (resume, rebuild)."""
+
+    def z_definition(self) -> ZDefinition | None:
+        """The definition of the z the method draws (None: it draws none)."""
+        return None
 
     def summary(self) -> dict:
         """Method-specific entries of `summary.json`."""
