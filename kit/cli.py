@@ -5,6 +5,8 @@
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --fed.local_steps 5
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --ckpt_path runs/qs/checkpoints/last.ckpt
     fedkseed fit --help                                     # every option, documented
+    fedkseed export --run runs/qs --out qs.seeds            # the fine-tune as a few-KB seed file
+    fedkseed materialize qs.seeds --out models/qs           # ... and back to a Hugging Face folder
 
 Config is LightningCLI/jsonargparse: `method` = the federated method, `model` = FedKSeedModule (the
 client's model and the methods' hyperparameters), `data` =
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         from eval.cli import main as eval_main
 
         eval_main(argv[1:])
+        return
+    if argv and argv[0] in ("export", "materialize"):
+        from kit.finetune_cli import export_main, materialize_main
+
+        (export_main if argv[0] == "export" else materialize_main)(argv[1:])
         return
     FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
 
