@@ -6,6 +6,8 @@
     fedkseed fit -c recipes/quickstart.yaml --run_dir runs/qs --ckpt_path runs/qs/checkpoints/last.ckpt
     fedkseed fit --help                                     # every option, documented
     fedkseed compare -c recipes/compare/smoke.yaml --out runs/smoke   # a grid of methods x seeds
+    fedkseed export --run runs/qs --out qs.seeds            # the fine-tune as a few-KB seed file
+    fedkseed materialize qs.seeds --out models/qs           # ... and back to a Hugging Face folder
 
 Config is LightningCLI/jsonargparse: `method` = the federated method, `model` = FedKSeedModule (the
 client's model and the methods' hyperparameters), `data` =
@@ -110,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         from eval.cli import main as eval_main
 
         eval_main(argv[1:])
+        return
+    if argv and argv[0] in ("export", "materialize"):
+        from kit.finetune_cli import export_main, materialize_main
+
+        (export_main if argv[0] == "export" else materialize_main)(argv[1:])
         return
     if argv and argv[0] == "compare":
         from kit.compare.cli import main as compare_main

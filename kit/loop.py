@@ -30,10 +30,12 @@ from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.federation.faults import FaultModel
 from kit.federation.server import sample_clients
+from kit.identity import check_rebuilt, check_theta0, theta0_identity, weights_digest
 from kit.methods import FedSettings, Method, build_method
 from kit.metrics_csv import RoundCSVLogger
 from kit.reporting import RunReporter, headline, log_rouge_tables
 from kit.snapshot import WeightSnapshot
+from kit.zo.definition import ZDefinition, check_same
 
 
 class FederatedLoop(pl.Callback):
@@ -122,6 +124,9 @@ class FederatedLoop(pl.Callback):
         self.method: Method | None = None
         self.reporter = RunReporter()
         self.rounds_done = 0
+        self.theta0: dict | None = None  # {"model", "sha256"} of the weights training started from
+        self.round_digests: list[str] = []  # sha256 of the global weights after each round
+        self._recorded: dict = {}  # a resumed checkpoint's theta0 and z
         self._loaded: dict | None = None
         self._prepared = False
         self._round: dict = {}
@@ -136,8 +141,7 @@ class FederatedLoop(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
         self.reporter.t0 = time.perf_counter()
         if not self._prepared:
-            pl_module.net = self.method.prepare(pl_module.net)
-            self._prepared = True
+            self._prepare(pl_module)
         where = self.snapshot_where
         if where == "auto":
             where = "disk" if pl_module.device.type == "cpu" else "memory"
@@ -151,6 +155,8 @@ class FederatedLoop(pl.Callback):
                 for logger in trainer.loggers:
                     if isinstance(logger, RoundCSVLogger):
                         logger.resume(self.rounds_done)
+            if len(self.round_digests) == self.rounds_done > 0:
+                check_rebuilt(self.round_digests[-1], pl_module.net, "the checkpoint")
         elif self.reporter.eval_loss_before is None:
             self.reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
             self.reporter.log(trainer, {"eval/loss": self.reporter.eval_loss_before}, step=0)
@@ -164,6 +170,23 @@ class FederatedLoop(pl.Callback):
                 position=0,
                 dynamic_ncols=True,
             )
+
+    def _prepare(self, pl_module) -> None:
+        """theta_0's identity, then the method's model; on resume both checked against the checkpoint
+        (same theta_0, and z drawn as recorded whatever this device's default backend)."""
+        self.theta0 = theta0_identity(pl_module.hparams.model, pl_module.net)
+        if self._recorded.get("theta0"):
+            check_theta0(self._recorded["theta0"], self.theta0, "the checkpoint")
+        if self._recorded.get("z"):
+            self.method.z_record = ZDefinition.from_dict(self._recorded["z"])
+        pl_module.net = self.method.prepare(pl_module.net)
+        if self.method.z_record is not None:
+            check_same(self.method.z_record, self.method.z_definition(), "the checkpoint")
+        self._prepared = True
+
+    def _z(self) -> dict | None:
+        zdef = self.method.z_definition()
+        return zdef.to_dict() if zdef is not None else None
 
     # -- 1) configure_train ------------------------------------------------------------------
     def _plan_round(self, trainer: pl.Trainer, rnd: int) -> None:
@@ -245,6 +268,7 @@ class FederatedLoop(pl.Callback):
         method_metrics = self.method.apply_downlink(rnd, downlink)
         self._snapshot.save()
         self.rounds_done = rnd
+        self.round_digests.append(weights_digest(pl_module.net))
         stats = np.array(
             [rows[cid][1:] + (len(rows[cid][0]),) for cid in faults.arrived], dtype=np.float64
         ).reshape(-1, 4)
@@ -313,6 +337,8 @@ class FederatedLoop(pl.Callback):
                 "scalar_bound": self.settings.scalar_bound,
             },
             "world_size": trainer.world_size,
+            "theta0": self.theta0,
+            "z": self._z(),
         }
         return self.reporter.write_summary(
             self.run_dir / "summary.json", facts, pl_module.net if final else None
@@ -324,6 +350,9 @@ class FederatedLoop(pl.Callback):
             "method": self.method.name,
             "rounds_done": self.rounds_done,
             "method_state": self.method.state_dict(),
+            "theta0": self.theta0,
+            "z": self._z(),
+            "round_digests": list(self.round_digests),
             **self.reporter.state_dict(),
         }
 
@@ -334,6 +363,8 @@ class FederatedLoop(pl.Callback):
                 "resume with the same --method"
             )
         self.rounds_done = int(state["rounds_done"])
+        self._recorded = {"theta0": state.get("theta0"), "z": state.get("z")}
+        self.round_digests = list(state.get("round_digests", []))
         self.reporter.load_state_dict(state)
         self._loaded = state["method_state"]
 

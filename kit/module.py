@@ -38,11 +38,16 @@ class FedKSeedModule(pl.LightningModule):
         distribution: ZO perturbation distribution, "gaussian" or "rademacher".
         keep_z: ZO: keep z between the three passes of a step (one extra copy of the weights, fewer
             draws); off regenerates z in every pass and needs no memory beyond the weights.
-        zo_backend: generator of z: "native" (compiled Philox kernels, CPU, ~4x faster than
-            torch's CPU generator; needs a C compiler), "torch" (a torch.Generator per chunk; CUDA
-            or CPU), or "auto" = native on CPU, torch on accelerators. Part of z's definition:
-            runs compare bit for bit only with the same backend and device type.
-        forward_dtype: precision of the forward passes; master weights always stay float32.
+        zo_backend: how z is computed. One z (Philox-4x32-10 + float32 Box-Muller), the same bits on
+            every device: "native" (C kernels, CPU; needs a C compiler), "cuda" (Triton kernel, NVIDIA
+            GPUs; not yet verified on a GPU, so not the default), "portable" (plain torch ops, any
+            device, slower). "auto": native on CPU (portable without a compiler), portable on GPUs.
+            "torch" is the legacy z (a torch.Generator per chunk): its values depend on the device
+            type and, on CUDA, the GPU model, so its runs rebuild only on the same hardware.
+        forward_dtype: precision of the forward passes (autocast): "bfloat16" / "float16" run the
+            two losses of a ZO step (and eval) in half precision on GPUs, as the reference trains in
+            fp16; the master weights, z and every update stay float32, so only the losses (hence
+            the scalars g) change, by half-precision rounding. On CPUs keep float32.
         optimizer: first-order methods: "adam", "adamw" or "sgd" (null: the method's own, Adam for
             fedit/fedptuning/fedprompt/fedavg, SGD for fedit-sgd).
         momentum: SGD momentum (FedIT-SGD: 0, plain SGD).
@@ -66,7 +71,7 @@ class FedKSeedModule(pl.LightningModule):
         grad_clip: float | None = None,
         distribution: Literal["gaussian", "rademacher"] = "gaussian",
         keep_z: bool = False,
-        zo_backend: Literal["auto", "torch", "native"] = "auto",
+        zo_backend: Literal["auto", "native", "cuda", "portable", "torch"] = "auto",
         forward_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         optimizer: Literal["adam", "adamw", "sgd"] | None = None,
         momentum: float = 0.0,

@@ -5,8 +5,10 @@
 
 FedKSeed's checkpoint holds the seed history, not the weights: theta_0 replayed through every
 round's G reproduces the trained global weights bit for bit. The baselines' checkpoints hold their
-global shared parameters (adapters, prompt encoders or all weights). Either way the result is
-checked against `summary.json`'s `global_weights_sha256` when the checkpoint is the run's last.
+global shared parameters (adapters, prompt encoders or all weights). The checkpoint records theta_0's
+identity and z's definition: a different base model or z is refused before replay (z is drawn as
+recorded, whatever this device's default backend), and the rebuilt weights are checked against the
+digest recorded for the checkpoint's round (`--ckpt` too), or `summary.json`'s for older runs.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from kit.identity import check_rebuilt, check_theta0, theta0_identity
 from kit.loop import FederatedLoop
 from kit.methods import build_method
 from kit.models import load_model, load_tokenizer
 from kit.module import FedKSeedModule
-from kit.reporting import weights_digest
+from kit.zo.definition import ZDefinition, check_same
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu"):
-    """(model, tokenizer) with the global weights of `run_dir`'s checkpoint (default: last.ckpt)."""
+def read_run(run_dir: str | Path, checkpoint: str | Path | None = None):
+    """(module hyperparameters, federation settings, the loop's checkpoint state, checkpoint path)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
@@ -40,20 +43,33 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, de
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["callbacks"][
         FederatedLoop.__qualname__
     ]
-    method = build_method(hp["method"], hp, loop.settings)
-    model = method.prepare(load_model(hp["model"], device=device))
+    return hp, loop.settings, state, ckpt_path
+
+
+def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu"):
+    """(model, tokenizer) with the global weights of `run_dir`'s checkpoint (default: last.ckpt)."""
+    run_dir = Path(run_dir)
+    hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
+    method = build_method(hp["method"], hp, settings)
+    model = load_model(hp["model"], device=device)
+    if state.get("theta0"):
+        check_theta0(state["theta0"], theta0_identity(hp["model"], model), f"checkpoint {ckpt_path}")
+    if state.get("z"):
+        method.z_record = ZDefinition.from_dict(state["z"])
+    model = method.prepare(model)
+    if method.z_record is not None:
+        check_same(method.z_record, method.z_definition(), f"checkpoint {ckpt_path}")
     method.load_state_dict(state["method_state"])
     method.restore_global()
     method.close()
-    summary_path = run_dir / "summary.json"
-    if checkpoint is None and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    digests = state.get("round_digests") or []
+    if len(digests) == state["rounds_done"] > 0:
+        check_rebuilt(digests[-1], model, f"checkpoint {ckpt_path}")
+    elif checkpoint is None and (run_dir / "summary.json").is_file():  # runs made before round digests
+        summary = json.loads((run_dir / "summary.json").read_text())
         expected = summary.get("global_weights_sha256")
-        if expected and summary["rounds"] == state["rounds_done"] and weights_digest(model) != expected:
-            raise RuntimeError(
-                f"rebuilt weights of {run_dir} differ from the trained ones: was the run made with another "
-                "z backend, device type or kit version?"
-            )
+        if expected and summary["rounds"] == state["rounds_done"]:
+            check_rebuilt(expected, model, str(run_dir))
     return model, load_tokenizer(hp["model"])
 
 

@@ -7,7 +7,6 @@ losses, Rouge-L, time, memory) plus the method's own (`kit.methods.Method.summar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,14 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from kit.federation.faults import RoundFaults
 from kit.federation.messages import REASONS
 from kit.federation.screening import Screening
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of the model's weights in parameter order: equal digests mean bit-identical models."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+from kit.identity import weights_digest
 
 
 class RunReporter:

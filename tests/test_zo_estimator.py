@@ -37,8 +37,10 @@ def test_projected_grad_matches_autograd_directional_derivative():
     loss = _loss(model, batch)
     grads = torch.autograd.grad(loss, params)
     directional = sum((g * zi.double()).sum() for g, zi in zip(grads, z, strict=True)).item()
-    step = zo_step(pert, _loss_fn(model, batch), 0, 17, eps=1e-5, lr=0.0)
-    assert math.isclose(step.projected_grad, directional, rel_tol=1e-5)
+    # eps 1e-4: the central difference's O(eps^2) error and the loss's own rounding noise (~1e-9,
+    # amplified by 1/eps) are both below 1e-4 of the derivative there
+    step = zo_step(pert, _loss_fn(model, batch), 0, 17, eps=1e-4, lr=0.0)
+    assert math.isclose(step.projected_grad, directional, rel_tol=1e-4)
 
 
 def test_update_equals_theta_minus_lr_g_z():

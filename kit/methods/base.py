@@ -25,6 +25,7 @@ import torch
 
 from kit.federation.robust import AGGREGATIONS
 from kit.federation.screening import Accepted, Screening, screen_uplinks
+from kit.zo.definition import ZDefinition
 
 NO_UPDATE = b""  # the downlink of a round with nothing to apply (tensor payloads; FedKSeed sends G = 0)
 
@@ -94,6 +95,7 @@ class Method(ABC):
     """A federated method: client update, payloads and server rule. Subclasses set `name`."""
 
     name: str = ""
+    z_record: ZDefinition | None = None  # a run's recorded z: set before `prepare` to rebuild under it
 
     @abstractmethod
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
@@ -163,6 +165,10 @@ class Method(ABC):
     @abstractmethod
     def restore_global(self) -> None:
         """Put the loaded global state into the prepared model's parameters (resume, rebuild)."""
+
+    def z_definition(self) -> ZDefinition | None:
+        """The definition of the z the method draws (None: it draws none)."""
+        return None
 
     def summary(self) -> dict:
         """Method-specific entries of `summary.json`."""

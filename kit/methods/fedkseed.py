@@ -58,7 +58,7 @@ class FedKSeed(Method):
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         net.requires_grad_(False)  # ZO needs no autograd graph
         self._params = list(net.parameters())
-        self.perturber = make_perturber(net, self.hp)
+        self.perturber = make_perturber(net, self.hp, self.z_record)
         return net
 
     def global_params(self) -> list[torch.Tensor]:
@@ -114,6 +114,9 @@ class FedKSeed(Method):
             "uplink_bytes_dense": 36 + 4 * self.pool.k,
             "pro_probabilities_sorted": self.probabilities_sorted if self.server.pro else None,
         }
+
+    def z_definition(self):
+        return self.perturber.definition if self.perturber is not None else None
 
     def close(self) -> None:
         if self.perturber is not None:

@@ -31,7 +31,7 @@ class FedZO(TensorPayloadMethod):
 
     def _make_trainable(self, net: torch.nn.Module) -> torch.nn.Module:
         net.requires_grad_(False)
-        self.perturber = make_perturber(net, self.hp)
+        self.perturber = make_perturber(net, self.hp, self.z_record)
         return net
 
     def client(
@@ -42,6 +42,9 @@ class FedZO(TensorPayloadMethod):
         saved_global: Callable[[], Iterable[torch.Tensor]],
     ) -> ClientUpdate:
         return _FedZOClient(self, server_round, client_id, loss_fn, saved_global)
+
+    def z_definition(self):
+        return self.perturber.definition if self.perturber is not None else None
 
     def close(self) -> None:
         if self.perturber is not None:

@@ -6,22 +6,21 @@ from collections.abc import Mapping
 
 import torch
 
-from kit.zo.perturb import Perturber
+from kit.zo.definition import ZDefinition
+from kit.zo.perturb import DEFAULT_CHUNK, Perturber
 
 
-def zo_backend(requested: str, device: torch.device) -> str:
-    """The z backend: `auto` is native on a CPU and torch on an accelerator."""
-    if requested == "auto":
-        return "native" if device.type == "cpu" else "torch"
-    return requested
+def make_perturber(net: torch.nn.Module, hp: Mapping, recorded: ZDefinition | None = None) -> Perturber:
+    """A perturber over every parameter of `net`, in parameter order, as the module's args say.
 
-
-def make_perturber(net: torch.nn.Module, hp: Mapping) -> Perturber:
-    """A perturber over every parameter of `net`, in parameter order, as the module's args say."""
-    params = list(net.parameters())
+    `recorded` (a checkpoint's or seed file's z) sets the chunk size and a backend that computes it
+    on this device; the caller checks the result against it (`kit.zo.definition.check_same`).
+    """
     return Perturber(
-        params,
+        list(net.parameters()),
         hp["distribution"],
         keep_z=hp["keep_z"],
-        backend=zo_backend(hp["zo_backend"], params[0].device),
+        chunk_size=recorded.chunk_size if recorded else DEFAULT_CHUNK,
+        backend=hp["zo_backend"],
+        recorded=recorded,
     )

@@ -4,15 +4,15 @@
     z.add(seed, +eps)          # theta += eps * z(seed)
 
 z(seed) is a pure function of (seed, parameter index): parameter i is cut into fixed chunks of
-`chunk_size` elements and chunk c is drawn, in float32, from a generator seeded with mix(seed, i, c).
+`chunk_size` elements and chunk c is drawn, in float32, under the 64-bit key mix(seed, i, c).
 Fixed chunks make z independent of the number of threads or processes, and let the chunks be drawn
 in parallel: each worker draws a chunk into a small cache-resident buffer and applies it at once
 (draw + axpy fused), so no full-size copy of z is ever made unless `keep_z` asks for one.
-The generator's device type is part of the definition: z on CUDA differs from z on CPU.
 
-`backend="native"` (CPU, float32) draws the same chunks with compiled C kernels instead
-(kit/zo/native: Philox-4x32-10 + float32 Box-Muller, about 2x faster than torch's generator and
-fused with the axpy); it defines a different z, bit-identical across runs, threads and machines.
+One definition of z (Philox-4x32-10 + float32 Box-Muller, kit/zo/native/zkernel.c), three backends
+with the same bits (kit/zo/definition.py): `native` (C kernels, CPU), `cuda` (Triton, NVIDIA GPUs)
+and `portable` (torch ops, any device); `auto` picks one for the device. The legacy `torch` backend
+(a torch.Generator per chunk) is another z, which depends on the device type and the GPU model.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from typing import Literal
 
 import torch
 
+from kit.zo import portable
+from kit.zo.definition import BACKENDS, Backend, ZDefinition, choose_backend, definition_of
 from kit.zo.seeding import mix
 
 Distribution = Literal["gaussian", "rademacher"]
-Backend = Literal["torch", "native"]
 DEFAULT_CHUNK = 1 << 20
 
 
@@ -63,9 +64,11 @@ class Perturber:
             the same seed need no new draw; otherwise z is regenerated in every pass.
         num_threads: CPU workers drawing chunks in parallel (default: torch's intra-op threads).
         chunk_size: elements per chunk; part of the definition of z (changing it changes z).
-        backend: "torch" (default: torch.Generator per chunk) or "native" (compiled Philox kernels
-            from kit.zo.native, CPU float32 only; a different z, built with the system C compiler on
-            first use). Part of the definition of z.
+        backend: "auto" (default: see `kit.zo.definition.choose_backend`), "native" (C kernels,
+            CPU), "cuda" (Triton kernel, NVIDIA GPU), "portable" (torch ops, any device): one z, the
+            same bits; or the legacy "torch" (a torch.Generator per chunk: another z, which depends on
+            the device type and GPU model).
+        recorded: a run's recorded z definition: `auto` then picks a backend that computes it.
     """
 
     def __init__(
@@ -75,10 +78,11 @@ class Perturber:
         keep_z: bool = False,
         num_threads: int | None = None,
         chunk_size: int = DEFAULT_CHUNK,
-        backend: Backend = "torch",
+        backend: Backend = "auto",
+        recorded: ZDefinition | None = None,
     ) -> None:
-        if backend not in ("torch", "native"):
-            raise ValueError(f"backend {backend!r} must be 'torch' or 'native' (--model.zo_backend)")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} must be one of {', '.join(BACKENDS)} (--model.zo_backend)")
         if distribution not in ("gaussian", "rademacher"):
             raise ValueError(
                 f"distribution {distribution!r} must be 'gaussian' or 'rademacher' (--model.distribution)"
@@ -92,16 +96,25 @@ class Perturber:
         self.distribution: Distribution = distribution
         self.chunk_size = chunk_size
         self.device = self.params[0].device
+        float32 = all(p.dtype == torch.float32 for p in self.params)
+        if backend == "auto" and not float32 and recorded is None:
+            backend = "portable"  # float64 weights (tests, analysis): z in float32, the update in float64
+        backend = choose_backend(backend, self.device, recorded)
         self.backend: Backend = backend
-        self._native = None
+        self.definition: ZDefinition = definition_of(backend, self.device.type, chunk_size, distribution)
+        self._native = self._cuda = None
+        if backend in ("native", "cuda") and not float32:
+            raise ValueError(f"the {backend} z backend needs float32 parameters; use --model.zo_backend auto")
         if backend == "native":
-            if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in self.params):
-                raise ValueError(
-                    "the native z backend needs float32 CPU parameters; use --model.zo_backend torch"
-                )
+            if self.device.type != "cpu":
+                raise ValueError("the native z backend runs on CPU; use --model.zo_backend auto")
             from kit.zo.native import load
 
             self._native = load()  # builds the kernels on first use; raises with the fix if it cannot
+        elif backend == "cuda":
+            from kit.zo.cuda import load as load_cuda
+
+            self._cuda = load_cuda(self.device)  # Triton, imported only here; raises with the fix
         self.units: list[tuple[int, int, int, int, int]] = []  # (param, chunk, start, size, flat offset)
         offset = 0
         for i, p in enumerate(self.params):
@@ -115,7 +128,9 @@ class Perturber:
         self._kept_seed: int | None = None
         self._local = threading.local()
         workers = num_threads or torch.get_num_threads()
-        self._pool = ThreadPoolExecutor(workers) if self.device.type == "cpu" and workers > 1 else None
+        # portable: torch's own ops already use every core
+        threaded = self.device.type == "cpu" and workers > 1 and backend != "portable"
+        self._pool = ThreadPoolExecutor(workers) if threaded else None
         # native: the units go to the pool in a few size-balanced batches (a task per unit costs more
         # in thread hand-offs than the kernels of the many small units take); z does not change
         self._batches = _balanced_batches(self.units, 4 * workers) if self._pool is not None else [self.units]
@@ -140,8 +155,17 @@ class Perturber:
                 self._native.fill(out[i].data_ptr() + 4 * start, size, mix(seed, i, c), self.distribution)
             return out
         for i, c, start, size, _ in self.units:
-            fill_z(out[i].view(-1)[start : start + size], self._generator(seed, i, c), self.distribution)
+            self._draw(out[i].view(-1)[start : start + size], seed, i, c)
         return out
+
+    def _draw(self, out: torch.Tensor, seed: int, i: int, c: int) -> None:
+        """out = the chunk (i, c) of z(seed), on the tensor backends (torch, portable, cuda)."""
+        if self.backend == "torch":
+            fill_z(out, self._generator(seed, i, c), self.distribution)
+        elif self._cuda is not None:
+            self._cuda.fill(out, mix(seed, i, c), self.distribution)
+        else:
+            out.copy_(portable.z_chunk(out.numel(), mix(seed, i, c), self.distribution, self.device))
 
     # -- in-place application -------------------------------------------------------------------
     def add(self, seed: int, alpha: float, decay: float = 0.0, restore: float = 0.0) -> None:
@@ -163,11 +187,15 @@ class Perturber:
             p = self.params[i].view(-1)[start : start + size]
             z = self._kept[offset : offset + size] if use_kept or fill_kept else self._scratch()[:size]
             if not use_kept:
-                fill_z(z, self._generator(seed, i, c), self.distribution)
+                self._draw(z, seed, i, c)
             d = decay if decay and decays(self.params[i]) else 0.0
-            if d:
-                p.mul_(1.0 - d)
-            p.add_(z, alpha=(1.0 - d) * restore + alpha)
+            if self.backend == "torch":  # legacy bits: keep its own update formula
+                if d:
+                    p.mul_(1.0 - d)
+                p.add_(z, alpha=(1.0 - d) * restore + alpha)
+            else:  # the native kernels' float32 axpy, op for op
+                keep = 1.0 - d
+                portable.axpy_(p, z, keep * restore + alpha, keep)
 
         if self._native is not None:
             run_unit = self._native_run(seed, alpha, decay, restore, use_kept, fill_kept)

@@ -31,7 +31,7 @@ from kit.paths import cache_dir
 SOURCE = Path(__file__).with_name("zkernel.c")
 VERSION = 2  # must match ZK_VERSION in zkernel.c
 DISTRIBUTIONS = {"gaussian": "gauss", "rademacher": "rade"}
-FIX = "install gcc or use --model.zo_backend torch"
+FIX = "install gcc or use --model.zo_backend portable (same z, slower)"
 
 
 class NativeUnavailable(RuntimeError):
@@ -86,7 +86,7 @@ def build(dest: Path | None = None, extra_flags: Sequence[str] = (), force: bool
     except OSError as exc:
         raise NativeUnavailable(
             f"cannot write the native z kernels to {dest.parent} ({exc}): point $FEDKSEED_CACHE at a "
-            "writable folder or use --model.zo_backend torch"
+            "writable folder or use --model.zo_backend portable"
         ) from exc
     os.close(fd)
     cmd = [*cc, *cflags(source), *extra_flags, str(SOURCE), "-o", tmp]

@@ -1,0 +1,133 @@
+"""A FedKSeed fine-tune as a seed file: θ₀'s identity, z's definition and every round's scalars.
+
+    data = encode(SeedFile(...))            # a few KB: the whole fine-tune, no weights
+    sf = decode(data, "run.seeds")          # validated: truncated or corrupted files are refused
+
+Layout (little-endian):
+    magic  b"FKSEEDS\\0"                          8 bytes
+    format version                               u16
+    header length H                              u32
+    header                                       H bytes of UTF-8 JSON (sorted keys): model, theta0_sha256,
+                                                 z, num_seeds, federation_seed, lr, weight_decay, method,
+                                                 rounds, global_weights_sha256
+    per round: n (u32), n seed indices (u32, strictly ascending, < K), n scalars G_j (f32, finite, != 0)
+    sha256 of all the bytes above                32 bytes
+Only the seeds a round touched are stored: a round costs 4 + 8 n bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAGIC = b"FKSEEDS\0"
+FORMAT_VERSION = 1
+HEADER_KEYS = (
+    "model",
+    "theta0_sha256",
+    "z",
+    "num_seeds",
+    "federation_seed",
+    "lr",
+    "weight_decay",
+    "method",
+    "rounds",
+    "global_weights_sha256",
+)
+
+
+class SeedFileError(ValueError):
+    """A seed file that cannot be trusted (truncated, corrupted, another format version)."""
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    """The content of a seed file; `downlinks` holds each round's dense G (float32, length K)."""
+
+    model: str
+    theta0_sha256: str
+    z: dict
+    num_seeds: int
+    federation_seed: int
+    lr: float
+    weight_decay: float
+    method: str
+    global_weights_sha256: str
+    downlinks: list[np.ndarray] = field(repr=False)
+
+    def header(self) -> dict:
+        return {
+            "model": self.model,
+            "theta0_sha256": self.theta0_sha256,
+            "z": dict(self.z),
+            "num_seeds": int(self.num_seeds),
+            "federation_seed": int(self.federation_seed),
+            "lr": float(self.lr),
+            "weight_decay": float(self.weight_decay),
+            "method": self.method,
+            "rounds": len(self.downlinks),
+            "global_weights_sha256": self.global_weights_sha256,
+        }
+
+
+def encode(sf: SeedFile) -> bytes:
+    """The seed file's bytes (header, touched seeds of every round, sha256)."""
+    header = json.dumps(sf.header(), sort_keys=True).encode()
+    parts = [MAGIC, struct.pack("<HI", FORMAT_VERSION, len(header)), header]
+    for g in sf.downlinks:
+        g = np.asarray(g, dtype=np.float32)
+        if g.shape != (sf.num_seeds,):
+            raise ValueError(f"a round's G has shape {g.shape}, expected ({sf.num_seeds},)")
+        idx = np.flatnonzero(g)
+        parts += [struct.pack("<I", idx.size), idx.astype("<u4").tobytes(), g[idx].astype("<f4").tobytes()]
+    body = b"".join(parts)
+    return body + hashlib.sha256(body).digest()
+
+
+def decode(data: bytes, source: str = "seed file") -> SeedFile:
+    """Parse and validate a seed file's bytes; `source` names it in errors."""
+    fix = "export it again with `fedkseed export --run DIR --out FILE.seeds`"
+    if len(data) < len(MAGIC) + 6 + 32 or data[: len(MAGIC)] != MAGIC:
+        raise SeedFileError(f"{source} is not a fedkseed seed file (no FKSEEDS header): {fix}")
+    body, digest = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise SeedFileError(f"{source} is truncated or corrupted (checksum mismatch): {fix}")
+    version, hlen = struct.unpack_from("<HI", body, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise SeedFileError(f"{source} is seed-file format {version}; this kit reads {FORMAT_VERSION}: {fix}")
+    pos = len(MAGIC) + 6
+    try:
+        header = json.loads(body[pos : pos + hlen].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SeedFileError(f"{source} has an unreadable header ({exc}): {fix}") from exc
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise SeedFileError(f"{source}'s header lacks {', '.join(missing)}: {fix}")
+    pos += hlen
+    k = int(header["num_seeds"])
+    downlinks = []
+    for r in range(int(header["rounds"])):
+        if pos + 4 > len(body):
+            raise SeedFileError(f"{source} ends in round {r + 1} of {header['rounds']}: {fix}")
+        (n,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        if n > k or pos + 8 * n > len(body):
+            raise SeedFileError(f"{source}: round {r + 1} claims {n} seeds (K = {k}): {fix}")
+        idx = np.frombuffer(body, "<u4", n, pos).astype(np.int64)
+        vals = np.frombuffer(body, "<f4", n, pos + 4 * n).astype(np.float32)
+        pos += 8 * n
+        if n and (idx[-1] >= k or np.any(np.diff(idx) <= 0)):
+            raise SeedFileError(f"{source}: round {r + 1}'s seed indices are not ascending below K = {k}")
+        if not np.all(np.isfinite(vals)) or np.any(vals == 0):
+            raise SeedFileError(f"{source}: round {r + 1} holds a zero or non-finite scalar")
+        g = np.zeros(k, dtype=np.float32)
+        g[idx] = vals
+        downlinks.append(g)
+    if pos != len(body):
+        raise SeedFileError(f"{source} has {len(body) - pos} bytes after its last round: {fix}")
+    fields = {key: header[key] for key in HEADER_KEYS if key != "rounds"}
+    return SeedFile(**fields, downlinks=downlinks)
