@@ -12,10 +12,12 @@ tests/test_eval_generate.py; padded matrix shapes may still flip a near-tie argm
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from accelerate.utils import find_executable_batch_size
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers.cache_utils import Cache, DynamicLayer
 
 CPU_BATCH_SIZE = 16
 GPU_BATCH_SIZE = 64
@@ -40,13 +42,6 @@ def generate_batched(
     """
     if not prompts:
         return []
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     outputs: list[str | None] = [None] * len(prompts)
     size = batch_size or (CPU_BATCH_SIZE if model.device.type == "cpu" else GPU_BATCH_SIZE)
@@ -61,7 +56,7 @@ def generate_batched(
     def run(current: int) -> None:
         todo = [i for i, text in enumerate(outputs) if text is None]
         for rows in plan_batches(lengths, todo, current):
-            texts = _generate(model, tokenizer, [prompts[i] for i in rows], config)
+            texts = _generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens)
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = text
             bar.update(len(rows))
@@ -88,8 +83,104 @@ def plan_batches(lengths: list[int], indices: list[int], batch_size: int) -> lis
     return batches
 
 
-def _generate(model, tokenizer, prompts: list[str], config: GenerationConfig) -> list[str]:
-    """One left-padded batch through `model.generate`; the decoded new tokens of each row."""
+def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """One left-padded batch through `greedy`; the decoded new tokens of each row."""
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
-    tokens = model.generate(**batch, generation_config=config)
-    return tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    eos = _eos_ids(model, tokenizer)
+    tokens = greedy(model, batch["input_ids"], batch["attention_mask"], max_new_tokens, eos)
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """The ids that end a generation: the model's generation config's, else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+@torch.inference_mode()
+def greedy(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_ids: list[int]
+) -> list[list[int]]:
+    """Greedy new tokens of each row of a left-padded batch (an EOS token ends its row and is kept).
+
+    1) prefill: one forward over the prompts, the LM head on the last position only; 2) then one token
+    per step for the rows still running: a row that emits EOS leaves the batch and its cache rows are
+    dropped, so the batch shrinks instead of computing pads until its longest row ends. Position ids
+    count each row's real tokens (0 at its first), so a row sees what it would see alone.
+    """
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    if max_new_tokens < 1:
+        return out
+    eos = torch.tensor(eos_ids, device=input_ids.device)
+    cache = Cache(layer_class_to_replicate=partial(RoomyLayer, max_new_tokens))
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    for step in range(max_new_tokens):
+        token = logits[:, -1].argmax(-1)
+        for row, tok in zip(rows.tolist(), token.tolist(), strict=True):
+            out[row].append(tok)
+        running = ~torch.isin(token, eos)
+        if step == max_new_tokens - 1 or not running.any():
+            break
+        if not running.all():  # 2) finished rows leave the batch and the cache
+            keep = running.nonzero().squeeze(1)
+            rows, token, attention_mask, positions = (
+                rows[keep],
+                token[keep],
+                attention_mask[keep],
+                positions[keep],
+            )
+            cache.batch_select_indices(keep)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        ).logits
+    return out
+
+
+class RoomyLayer(DynamicLayer):
+    """A layer's KV cache with room for `room` more positions after the prompt's.
+
+    Hugging Face's `DynamicLayer` concatenates every step, copying the whole cache (for a batch of long
+    prompts, more bytes per step than the weights); this one writes each step's keys into the room left
+    for them. `keys`/`values` are views of the filled part, so the model sees the same tensors' values.
+    """
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room, self.length = room, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            b, h, n, d = key_states.shape
+            self.key_room = key_states.new_empty(b, h, n + self.room, d)
+            self.value_room = value_states.new_empty(b, h, n + self.room, value_states.shape[-1])
+        n = key_states.shape[-2]
+        if self.length + n > self.key_room.shape[-2]:
+            raise RuntimeError(
+                f"KV cache room exceeded: {self.length + n} > {self.key_room.shape[-2]} positions"
+            )
+        self.key_room[:, :, self.length : self.length + n] = key_states
+        self.value_room[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self.keys, self.values = self.key_room[:, :, : self.length], self.value_room[:, :, : self.length]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_room, self.value_room = self.key_room[indices], self.value_room[indices]
+        self.keys, self.values = self.key_room[:, :, : self.length], self.value_room[:, :, : self.length]
