@@ -19,9 +19,10 @@ from accelerate.utils import find_executable_batch_size
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
-CPU_BATCH_SIZE = 16
+CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 64
-TOKENS_PER_ROW = 256  # a batch holds at most batch_size * TOKENS_PER_ROW padded prompt tokens
+CACHE_SHARE = 0.25  # a batch's KV cache (prompts + new tokens) holds at most this share of the weights' bytes
+TOKENS_PER_ROW = 256  # without a readable KV shape: a batch holds batch_size * TOKENS_PER_ROW tokens
 
 
 def generate_batched(
@@ -31,13 +32,15 @@ def generate_batched(
     *,
     max_new_tokens: int = 128,
     batch_size: int | None = None,
+    max_tokens: int | None = None,
     progress: bool = True,
 ) -> list[str]:
     """Greedy continuations of `prompts` (new tokens only, special tokens removed), in input order.
 
-    A batch holds at most `batch_size` prompts and `batch_size * TOKENS_PER_ROW` padded prompt tokens,
-    so long prompts go in smaller batches. `batch_size` is the first size tried (default 16 on CPU, 64
-    on an accelerator); it is halved after an out-of-memory error, keeping the prompts already done.
+    A batch holds at most `batch_size` prompts (default 32 on CPU, 64 on an accelerator) and
+    `max_tokens` cache positions, rows x (longest prompt + `max_new_tokens`); the default keeps its KV
+    cache within `CACHE_SHARE` of the weights' bytes, so eval needs little memory beyond training's.
+    Both limits are halved after an out-of-memory error, keeping the prompts already done.
     The tokenizer needs a pad token (`kit.models.load_tokenizer` sets one).
     """
     if not prompts:
@@ -45,17 +48,19 @@ def generate_batched(
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
     outputs: list[str | None] = [None] * len(prompts)
     size = batch_size or (CPU_BATCH_SIZE if model.device.type == "cpu" else GPU_BATCH_SIZE)
+    tokens = max_tokens or cache_token_budget(model) or size * TOKENS_PER_ROW
+    longest = max(lengths) + max_new_tokens
 
     def halve() -> int:
-        nonlocal size
-        size //= 2
+        nonlocal size, tokens
+        size, tokens = size // 2, max(tokens // 2, longest)
         return size
 
     @find_executable_batch_size(starting_batch_size=size, reduce_batch_size_fn=halve)
     @torch.inference_mode()
     def run(current: int) -> None:
         todo = [i for i, text in enumerate(outputs) if text is None]
-        for rows in plan_batches(lengths, todo, current):
+        for rows in plan_batches(lengths, todo, current, tokens, max_new_tokens):
             texts = _generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens)
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = text
@@ -66,17 +71,36 @@ def generate_batched(
     return outputs
 
 
-def plan_batches(lengths: list[int], indices: list[int], batch_size: int) -> list[list[int]]:
-    """`indices` longest prompt first, cut into batches of at most `batch_size` prompts and
-    `batch_size * TOKENS_PER_ROW` padded tokens (a longer prompt alone makes a batch).
+def cache_token_budget(model, share: float = CACHE_SHARE) -> int | None:
+    """Cache positions whose keys and values fill `share` of the weights' bytes (None: shape unknown)."""
+    config = getattr(model, "config", None)
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    if not layers or not heads:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    param = next(model.parameters())
+    per_position = 2 * layers * kv_heads * head_dim * param.element_size()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(share * weights / per_position)
+
+
+def plan_batches(
+    lengths: list[int], indices: list[int], batch_size: int, max_tokens: int, new_tokens: int = 0
+) -> list[list[int]]:
+    """`indices` longest prompt first, cut into batches of at most `batch_size` prompts and `max_tokens`
+    cache positions, rows x (longest prompt + `new_tokens`) (a longer prompt alone makes a batch).
 
     Longest first puts similar lengths together (little padding) and shows an out-of-memory error at once.
     """
-    budget = batch_size * TOKENS_PER_ROW
     batches: list[list[int]] = []
     for i in sorted(indices, key=lambda i: -lengths[i]):
         last = batches[-1] if batches else []
-        if last and len(last) < batch_size and (len(last) + 1) * lengths[last[0]] <= budget:
+        if (
+            last
+            and len(last) < batch_size
+            and (len(last) + 1) * (lengths[last[0]] + new_tokens) <= max_tokens
+        ):
             last.append(i)
         else:
             batches.append([i])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.generate import generate_batched, greedy, plan_batches
+from eval.generate import cache_token_budget, generate_batched, greedy, plan_batches
 from kit.data.prompts import dolly_prompt
 from kit.models import load_model, load_tokenizer
 
@@ -71,13 +71,22 @@ def test_no_prompts_no_outputs() -> None:
 
 def test_plan_batches_longest_first_within_row_and_token_limits() -> None:
     lengths = [10, 600, 20, 300, 30, 5, 250]
-    batches = plan_batches(lengths, [0, 1, 2, 3, 4, 5, 6], batch_size=3)  # at most 3 rows, 768 tokens
+    batches = plan_batches(lengths, [0, 1, 2, 3, 4, 5, 6], batch_size=3, max_tokens=768)
     assert batches == [[1], [3, 6], [4, 2, 0], [5]]
-    assert plan_batches(lengths, [0, 2, 5], batch_size=3) == [[2, 0, 5]]  # only the given indices
+    assert plan_batches(lengths, [0, 2, 5], batch_size=3, max_tokens=768) == [[2, 0, 5]]  # only these
+    # the new tokens count: rows x (longest prompt + 100) <= 768
+    assert plan_batches(lengths, [0, 2, 4, 5], 4, 768, new_tokens=100) == [[4, 2, 0, 5]]
+    assert plan_batches(lengths, [3, 6, 4], 4, 768, new_tokens=100) == [[3], [6, 4]]
 
 
 def test_plan_batches_gives_a_too_long_prompt_its_own_batch() -> None:
-    assert plan_batches([5000, 10], [0, 1], batch_size=2) == [[0], [1]]
+    assert plan_batches([5000, 10], [0, 1], batch_size=2, max_tokens=512) == [[0], [1]]
+
+
+def test_cache_token_budget_is_the_share_of_the_weights_bytes(tiny_model) -> None:
+    # tiny Llama: 2 layers x 2 KV heads x head dim 8 x (keys + values) x 4 bytes = 256 bytes per position
+    weights = sum(p.numel() * 4 for p in tiny_model.parameters())
+    assert cache_token_budget(tiny_model, share=0.5) == int(0.5 * weights / 256)
 
 
 def _alone(model, ids: list[int], max_new_tokens: int, eos: int | None) -> list[int]:
