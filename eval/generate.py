@@ -5,9 +5,10 @@
 
 The reference (`evaluations.py`) generates one prompt at a time with no attention mask. Batching gives
 the same greedy tokens as long as the padding is invisible to the model: pads go on the left (so every
-row's new tokens start at the same column), the attention mask hides them, and `generate` derives the
-position ids from that mask, so each row sees positions 0..len-1 as it would alone (checked by
+row's new tokens start at the same column), the attention mask hides them, and `greedy` counts each row's
+position ids from its first real token, so each row sees positions 0..len-1 as it would alone (checked by
 tests/test_eval_generate.py; padded matrix shapes may still flip a near-tie argmax in rare cases).
+`greedy` is a KV-cached loop of its own rather than `generate`: rows that end leave the batch at once.
 """
 
 from __future__ import annotations

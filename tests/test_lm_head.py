@@ -67,3 +67,16 @@ def test_head_inputs_skips_the_projection_and_removes_itself() -> None:
     with torch.no_grad():
         after = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=4)
     torch.testing.assert_close(after.logits, net.get_output_embeddings()(captured.hidden))
+
+
+def test_eval_loss_projects_one_example_at_a_time() -> None:
+    module, batch = _module(), _batch()
+    shapes = []
+    head = module.net.get_output_embeddings()
+    hook = head.register_forward_hook(lambda _m, _a, out: shapes.append(tuple(out.shape)))
+    try:
+        module.example_losses(batch)
+    finally:
+        hook.remove()
+    # the model's own call sees no positions; then one [1 x positions x vocab] block per example
+    assert shapes == [(3, 0, 128)] + [(1, 9, 128)] * 3  # positions 2..10 predict the labels at 3..11
