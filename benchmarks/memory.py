@@ -40,8 +40,10 @@ import torch
 from common import (
     EPS,
     LR,
+    REPO,
     base_parser,
     bench_model,
+    data_root,
     datajuicer_config,
     emit,
     machine,
@@ -57,6 +59,7 @@ from common import (
 
 GOAL = {"ours_regen": 1.1}
 BIG_GOAL = 1.2
+RUN_GOAL = 1.1
 
 
 # -- children: each returns a dict of raw byte counts ----------------------------------------
@@ -152,7 +155,43 @@ def child_big_load(args) -> dict:
     }
 
 
+def run_args(args, run_dir: Path, evaluate: bool) -> list[str]:
+    """`fedkseed fit` of the quickstart recipe cut to one round of one client and --steps steps.
+
+    Its eval settings are the quickstart's (48 held-out examples at eval batch 8, Rouge-L on 16);
+    without `evaluate`, no Rouge-L (and the child skips the eval-loss passes).
+    """
+    recipe = REPO / "recipes" / "quickstart.yaml"
+    out = ["fit", "-c", str(recipe), "--run_dir", str(run_dir), "--data.data_root", str(data_root())]
+    out += ["--trainer.max_epochs", "1", "--fed.fraction", "0.05", "--fed.local_steps", str(args.steps)]
+    out += ["--fed.progress", "false", "--fed.rouge_at_end", str(evaluate).lower()]
+    if args.quick:
+        out += ["--fed.rouge_limit", "2", "--data.eval_size", "8", "--data.max_length", "64"]
+    return out
+
+
+def child_run(args, evaluate: bool) -> dict:
+    """A whole short run in this process; `evaluate=False` is its training alone (the eval loss skipped)."""
+    import kit.evaluation
+    from kit.cli import main as fedkseed
+
+    if not evaluate:
+        kit.evaluation.eval_loss = lambda *a, **k: float("nan")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        fedkseed(run_args(args, Path(tmp) / "run", evaluate))
+        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    return {
+        "peak": peak_rss_bytes(),
+        "seconds": time.perf_counter() - t0,
+        "eval_loss_before": summary.get("eval_loss_before"),
+        "rougeL": summary.get("rougeL"),
+    }
+
+
 CHILDREN = {
+    "run_train": lambda a: child_run(a, evaluate=False),
+    "run_whole": lambda a: child_run(a, evaluate=True),
     "forward": child_forward,
     "ours_regen": lambda a: child_ours(a, keep_z=False),
     "ours_kept": lambda a: child_ours(a, keep_z=True),
@@ -183,27 +222,8 @@ def run_child(name: str, args, **extra) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = base_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=2, help="ZO steps per client")
-    parser.add_argument("--big-layers", type=int, default=24, help="layers of the 1.3B-shaped model")
-    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
-    parser.add_argument("--dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        args.steps, args.big_layers = 1, 1
-    if args.child:
-        print(json.dumps(CHILDREN[args.child](args)), flush=True)
-        return
-    shared = {
-        "bench": "memory",
-        "machine": machine(),
-        "threads": torch.get_num_threads(),
-        "model": "tiny-random" if args.quick else "smollm2-135m",
-        "steps": args.steps,
-    }
-
-    # 1) the denominator: weights + one forward's activations
+def clients(args, shared: dict) -> None:
+    """1) the denominator, weights + one forward's activations; 2) a client's training, three ways."""
     fwd = run_child("forward", args)
     activations = max(fwd["peak"] - fwd["before"], 0)
     denominator = fwd["weights"] + activations
@@ -225,7 +245,52 @@ def main() -> None:
             met=ratio <= GOAL[name] if name in GOAL else None,
         )
 
-    # 3) loading a 1.3B-shaped model saved as safetensors
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.add_argument("--steps", type=int, default=2, help="ZO steps per client")
+    parser.add_argument("--big-layers", type=int, default=24, help="layers of the 1.3B-shaped model")
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--only-run", action="store_true", help="only the whole-run vs training peaks")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.big_layers = 1, 1
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args)), flush=True)
+        return
+    shared = {
+        "bench": "memory",
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "model": "tiny-random" if args.quick else "smollm2-135m",
+        "steps": args.steps,
+    }
+
+    if not args.only_run:
+        clients(args, shared)
+
+    # 3) a whole short run (eval loss before and after, Rouge-L at the end) next to its training alone
+    train, whole = run_child("run_train", args), run_child("run_whole", args)
+    ratio = whole["peak"] / train["peak"]
+    emit(
+        **shared,
+        config="whole_run_vs_training",
+        run="quickstart recipe, 1 round, 1 client, --steps steps, eval loss x2, Rouge-L",
+        train_peak_rss_bytes=train["peak"],
+        whole_peak_rss_bytes=whole["peak"],
+        ratio=rounded(ratio, 3),
+        train_s=rounded(train["seconds"]),
+        whole_s=rounded(whole["seconds"]),
+        eval_loss_before=whole["eval_loss_before"],
+        rougeL=whole["rougeL"],
+        goal=f"<= {RUN_GOAL}",
+        met=ratio <= RUN_GOAL,
+    )
+    if args.only_run:
+        return
+
+    # 4) loading a 1.3B-shaped model saved as safetensors
     with tempfile.TemporaryDirectory() as tmp:
         save = run_child("big_save", args, dir=tmp)
         load = run_child("big_load", args, dir=tmp)

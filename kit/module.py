@@ -13,6 +13,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 
+from kit.lm_head import example_losses, head_inputs
 from kit.methods import ClientUpdate
 from kit.models import load_model
 
@@ -111,6 +112,18 @@ class FedKSeedModule(pl.LightningModule):
         dtype = getattr(torch, self.hparams.forward_dtype)
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def _response_window(self, labels: torch.Tensor) -> int:
+        """Positions the LM head must see: from the one before the first labelled token to the end."""
+        labelled = (labels != -100).any(0).nonzero()
+        first = max(int(labelled[0]) if labelled.numel() else labels.shape[1] - 1, 1)
+        return labels.shape[1] - first + 1
+
+    def _forward(self, batch: dict, keep: int):
+        with self._autocast():
+            return self.net(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+            )
+
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 logits that predict the labelled tokens, and those labels.
 
@@ -118,15 +131,9 @@ class FedKSeedModule(pl.LightningModule):
         positions need no vocabulary projection, which saves a large share of a small model's forward.
         """
         labels = batch["labels"]
-        labelled = (labels != -100).any(0).nonzero()
-        first = max(int(labelled[0]) if labelled.numel() else labels.shape[1] - 1, 1)
-        with self._autocast():
-            out = self.net(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                logits_to_keep=labels.shape[1] - first + 1,
-            )
-        return out.logits[:, -(labels.shape[1] - first + 1) : -1].float(), labels[:, first:]
+        keep = self._response_window(labels)
+        out = self._forward(batch, keep)
+        return out.logits[:, -keep:-1].float(), labels[:, labels.shape[1] - keep + 1 :]
 
     def batch_loss(self, batch: dict) -> torch.Tensor:
         """Mean cross-entropy over the batch's response tokens (labels != -100)."""
@@ -135,13 +142,19 @@ class FedKSeedModule(pl.LightningModule):
 
     @torch.no_grad()
     def example_losses(self, batch: dict) -> torch.Tensor:
-        """Per-example mean response-token loss (for eval; independent of the other examples' count)."""
-        logits, labels = self.response_logits(batch)
-        tok = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+        """Per-example mean response-token loss (for eval; independent of the other examples' count).
+
+        The LM head and cross-entropy run one example at a time (`kit.lm_head`): the same values as
+        on the whole batch's logits, without a [batch x positions x vocab] tensor.
+        """
+        labels = batch["labels"]
+        keep = self._response_window(labels)
+        with head_inputs(self.net) as captured:
+            self._forward(batch, keep)
+        head = self.net.get_output_embeddings()
+        return example_losses(
+            captured.hidden[:, :-1], labels[:, labels.shape[1] - keep + 1 :], head, self._autocast
         )
-        mask = (labels != -100).float()
-        return (tok * mask).sum(1) / mask.sum(1)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict | None:
         if int(batch["client_id"]) < 0:
