@@ -45,6 +45,7 @@ class LocalGrid(Grid):
             "partition-id": partition_id,
             "num-partitions": self.num_partitions,
             "state-dir": str(self.state_root / f"node-{partition_id}"),
+            "worker": False,  # the ClientApp does the work in this process
         }
         self.contexts[node] = Context(1, node, config, RecordDict(), self.run_config)
         return node
