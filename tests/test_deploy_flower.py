@@ -126,6 +126,22 @@ def test_recipe_refuses_methods_flower_does_not_run(tmp_path):
         load_recipe([str(tmp_path / "missing.yaml")])
 
 
+@pytest.mark.slow
+def test_flower_simulation_equals_the_lightning_run(tiny_model_dir, data_root, tmp_path):
+    """Flower's own simulation runtime (Ray actors as SuperNodes): the golden digest and losses."""
+    from kit.deploy.simulate import ray_missing, simulate
+
+    if why := ray_missing():
+        pytest.skip(why)
+    rc = {**_run_config(tiny_model_dir, data_root, tmp_path), "run-dir": str(tmp_path / "sim")}
+    s = simulate(rc, num_nodes=3)
+    golden = GOLDEN["fedkseed-pro"]
+    assert s["global_weights_sha256"] == golden["global_weights_sha256"]
+    assert s["train_loss_per_round"] == golden["train_loss_per_round"]
+    assert s["eval_loss_per_round"] == golden["eval_loss_per_round"]
+    assert s["replica_digest_mismatches"] == 0 and len(s["nodes"]) == 3
+
+
 def test_node_worker_serves_messages_and_dies_with_its_supernode(tiny_model_dir, data_root, tmp_path):
     """The ClientApp's work runs in one long-lived worker per node, which exits with the SuperNode."""
     import subprocess

@@ -15,8 +15,6 @@ from flwr.clientapp import ClientApp
 
 from kit.deploy.node_link import call
 
-app = ClientApp()
-
 
 def _request(msg: Message) -> dict:
     """The message's records as plain values for the node's work."""
@@ -26,24 +24,38 @@ def _request(msg: Message) -> dict:
     return request
 
 
-def _reply(msg: Message, context: Context, op: str, record: str) -> Message:
-    values = call(op, context.run_config, context.node_config, _request(msg))
-    return Message(RecordDict({record: ConfigRecord(values)}), reply_to=msg)
+def make_client_app(
+    run_config: dict | None = None, node_defaults: dict | None = None, state_root: str | None = None
+) -> ClientApp:
+    """The ClientApp; `run_config` replaces the context's (Flower's `run_simulation` passes none),
+    `node_defaults` fill node config keys, `state_root` puts the replica of partition i in
+    STATE_ROOT/node-i when the node config names no `state-dir`."""
+
+    def reply(msg: Message, context: Context, op: str, record: str) -> Message:
+        node = {**(node_defaults or {}), **context.node_config}
+        if state_root and "state-dir" not in node:
+            node["state-dir"] = f"{state_root}/node-{node.get('partition-id')}"
+        values = call(op, run_config or context.run_config, node, _request(msg))
+        return Message(RecordDict({record: ConfigRecord(values)}), reply_to=msg)
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """Sync the replica to the previous round, train the named client, reply with its uplink."""
+        return reply(msg, context, "train", "uplink")
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Sync the replica to the round just aggregated and report its held-out eval loss."""
+        return reply(msg, context, "evaluate", "eval")
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Which partitions this node hosts, how many clients the recipe has, its replica's round."""
+        return reply(msg, context, "query", "node")
+
+    return client_app
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Sync the replica to the previous round, train the named client, reply with its uplink bytes."""
-    return _reply(msg, context, "train", "uplink")
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Sync the replica to the round just aggregated and report its held-out eval loss."""
-    return _reply(msg, context, "evaluate", "eval")
-
-
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Which partitions this node hosts, how many clients the recipe has, its replica's round."""
-    return _reply(msg, context, "query", "node")
+app = make_client_app()

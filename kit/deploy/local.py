@@ -223,32 +223,42 @@ class LocalDeployment:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_parser(description: str, run_dir: str) -> argparse.ArgumentParser:
+    """The command line of a Flower run (`kit.deploy.local`, `kit.deploy.simulate`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--recipe", required=True, help="recipe path(s), comma-separated (as `fedkseed fit -c`)"
     )
     parser.add_argument("--nodes", type=int, default=3, help="SuperNodes to start (node i hosts c %% N == i)")
-    parser.add_argument("--run-dir", default="runs/flower", help="summary.json, checkpoint, logs, replicas")
+    parser.add_argument("--run-dir", default=run_dir, help="summary.json, checkpoint, logs, replicas")
     parser.add_argument(
         "--overrides", default="{}", help='JSON of dotted recipe keys, e.g. {"fed.num_seeds": 64}'
     )
     parser.add_argument(
         "--round-timeout", type=float, default=600.0, help="seconds a round waits for uplinks"
     )
+    return parser
+
+
+def run_config_of(args: argparse.Namespace) -> dict:
+    """The Flower run config (keys of kit/deploy/app/pyproject.toml) of parsed `run_parser` args."""
+    return {
+        "recipe": ",".join(str(Path(p).resolve()) for p in args.recipe.split(",")),
+        "overrides": args.overrides,
+        "run-dir": str(Path(args.run_dir).resolve()),
+        "round-timeout": args.round_timeout,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = run_parser(__doc__.splitlines()[0], "runs/flower")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds the whole run may take")
     args = parser.parse_args(argv)
     from kit.deploy.recipe import recipe_from_run_config
 
-    run_dir = Path(args.run_dir).resolve()
-    run_config = {
-        "recipe": ",".join(str(Path(p).resolve()) for p in args.recipe.split(",")),
-        "overrides": args.overrides,
-        "run-dir": str(run_dir),
-        "round-timeout": args.round_timeout,
-    }
+    run_config = run_config_of(args)
     rounds = recipe_from_run_config(run_config).rounds
-    with LocalDeployment(run_dir, args.nodes) as dep:
+    with LocalDeployment(run_config["run-dir"], args.nodes) as dep:
         dep.submit(run_config)
         summary = dep.wait_summary(rounds, args.timeout)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_round"}))
