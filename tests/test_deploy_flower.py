@@ -82,14 +82,17 @@ def test_weights_download_when_cheaper_is_bit_identical(tiny_model_dir, data_roo
 def test_node_down_mid_run_round_completes_then_it_catches_up(tiny_model_dir, data_root, tmp_path):
     rc = _run_config(tiny_model_dir, data_root, tmp_path, rounds=3)
     grid = LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
-    strategy = _strategy(rc, tmp_path / "run")
+    strategy = _strategy(rc, tmp_path / "run", round_timeout=3.0)
     strategy.run(grid, stop_after=1)
     round2 = sorted(strategy.owner(c) for c in [6, 44])  # round 2's clients (seeded sampling)
     dead = round2[-1]
-    grid.down.add(dead)  # killed: it answers nothing
+    grid.silent.add(dead)  # killed, its heartbeat not yet expired: it looks online, answers nothing
     strategy.run(grid, stop_after=2)
     rec = strategy.history[1]
     assert rec["missing"] and rec["trained"] and len(rec["trained"]) + len(rec["missing"]) == 2
+    assert rec["deadline_missed"] == rec["missing"] and rec["train_wait_s"] >= 3.0  # waited it out
+    grid.silent.discard(dead)
+    grid.down.add(dead)  # its heartbeat expired: the SuperLink answers for it, no wait
     restarted = grid.add_node(grid.contexts[dead].node_config["partition-id"])  # same state dir, new id
     s = strategy.run(grid)
     assert s["rounds"] == 3 and s["replica_digest_mismatches"] == 0

@@ -102,7 +102,9 @@ class LocalDeployment:
         self.superlink = self._spawn(
             "superlink",
             [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(p["link"]),
-             "--health-server-address", f"127.0.0.1:{p['health']}"],
+             "--health-server-address", f"127.0.0.1:{p['health']}",
+             # the kit is installed already: no `uv sync` of the app's dependencies per ServerApp
+             "--disable-runtime-dependency-installation"],
         )  # fmt: skip
         try:
             self._wait_port(p["link"])
