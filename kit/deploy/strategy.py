@@ -94,15 +94,18 @@ class FedKSeedStrategy(Strategy):
         return encode_downlink(Downlink(rnd, g, probs), self.method.pool.fingerprint)
 
     # -- the deadline ------------------------------------------------------------------------------
-    def exchange(self, grid: Grid, messages: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message]
+    ) -> tuple[list[Message], list[Message], list[Message]]:
         """Send `messages` and collect replies until all came or `round_timeout` passed.
 
-        Returns (replies, unanswered): a killed SuperNode may look alive to the SuperLink until its
-        heartbeat expires (about a minute); the deadline bounds the round regardless. Polls every
+        Returns (replies, unanswered, failed): a killed SuperNode looks alive to the SuperLink until
+        its heartbeat expires (then the SuperLink answers for it with an error), so the deadline
+        bounds the round regardless; `failed` are the messages answered by an error. Polls every
         0.2 s (Flower's `send_and_receive` sleeps 3 s between polls)."""
         messages = list(messages)
         if not messages:
-            return [], []
+            return [], [], []
         ids = list(grid.push_messages(messages))
         sent = dict(zip(ids, messages, strict=True))
         waiting, replies = set(ids), []
@@ -114,7 +117,8 @@ class FedKSeedStrategy(Strategy):
             if not waiting or time.monotonic() >= end:
                 break
             time.sleep(0.2)
-        return replies, [sent[i] for i in ids if i in waiting]
+        failed = [sent[r.metadata.reply_to_message_id] for r in replies if r.has_error()]
+        return replies, [sent[i] for i in ids if i in waiting], failed
 
     # -- 0) discovery ------------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
@@ -123,7 +127,7 @@ class FedKSeedStrategy(Strategy):
         if not new:
             return
         ask = [Message(RecordDict(), dst_node_id=n, message_type=QUERY) for n in new]
-        for reply in self.exchange(grid, ask)[0]:
+        for reply in self.exchange(grid, ask)[0]:  # a node that answers late is asked again
             if reply.has_error():
                 continue
             info = reply.content["node"]
@@ -253,6 +257,7 @@ class FedKSeedStrategy(Strategy):
             "trained": [int(u["client"]) for u in ups],
             "missing": sorted(set(self._round["clients"]) - {int(u["client"]) for u in ups}),
             "deadline_missed": self._round.get("deadline_missed", []),  # no reply by round-timeout
+            "failed": self._round.get("failed", []),  # an error reply (e.g. the node is gone)
             "train_wait_s": self._round.get("train_wait_s"),
             "round_timeout_s": self.round_timeout,
             "nodes": [int(u["node"]) for u in ups],
@@ -316,8 +321,9 @@ class FedKSeedStrategy(Strategy):
             self.discover(grid)
             train = self.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)
             t1 = time.perf_counter()
-            replies, late = self.exchange(grid, train)
+            replies, late, failed = self.exchange(grid, train)
             self._round["deadline_missed"] = sorted(int(m.content["train"]["client"]) for m in late)
+            self._round["failed"] = sorted(int(m.content["train"]["client"]) for m in failed)
             self._round["train_wait_s"] = time.perf_counter() - t1
             self.aggregate_train(rnd, replies)
             asks = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
