@@ -1,15 +1,18 @@
-"""FedKSeed on Flower, in one process (kit.deploy.local_grid): the real strategy and ClientApp.
+"""FedKSeed on Flower: in one process (kit.deploy.local_grid) and with real processes on loopback.
 
 The same recipe and seed as the Lightning golden run (tests/test_golden_run.py) must end with the
 same weights digest and losses; nodes that miss rounds catch up bit for bit; a restarted server
-continues from its checkpoint to the same final digest.
+continues from its checkpoint to the same final digest; a SuperNode killed mid-round leaves the
+round to the others within the deadline, and catches up when restarted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from pathlib import Path
+import os
+import signal
+import time
 
 import pytest
 import yaml
@@ -79,14 +82,17 @@ def test_weights_download_when_cheaper_is_bit_identical(tiny_model_dir, data_roo
 def test_node_down_mid_run_round_completes_then_it_catches_up(tiny_model_dir, data_root, tmp_path):
     rc = _run_config(tiny_model_dir, data_root, tmp_path, rounds=3)
     grid = LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
-    strategy = _strategy(rc, tmp_path / "run")
+    strategy = _strategy(rc, tmp_path / "run", round_timeout=3.0)
     strategy.run(grid, stop_after=1)
     round2 = sorted(strategy.owner(c) for c in [6, 44])  # round 2's clients (seeded sampling)
     dead = round2[-1]
-    grid.down.add(dead)  # killed: it answers nothing
+    grid.silent.add(dead)  # killed, its heartbeat not yet expired: it looks online, answers nothing
     strategy.run(grid, stop_after=2)
     rec = strategy.history[1]
     assert rec["missing"] and rec["trained"] and len(rec["trained"]) + len(rec["missing"]) == 2
+    assert rec["deadline_missed"] == rec["missing"] and rec["train_wait_s"] >= 3.0  # waited it out
+    grid.silent.discard(dead)
+    grid.down.add(dead)  # its heartbeat expired: the SuperLink answers for it, no wait
     restarted = grid.add_node(grid.contexts[dead].node_config["partition-id"])  # same state dir, new id
     s = strategy.run(grid)
     assert s["rounds"] == 3 and s["replica_digest_mismatches"] == 0
@@ -124,29 +130,131 @@ def test_recipe_refuses_methods_flower_does_not_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_superlink_and_three_supernodes_on_loopback_equal_the_lightning_run(
-    tiny_model_dir, data_root, tmp_path
-):
-    """Real processes: `flower-superlink` + 3 `flower-supernode` on 127.0.0.1, the run by `flwr run`."""
-    from kit.deploy.local import LocalDeployment, process_tree
+def test_flower_simulation_equals_the_lightning_run(tiny_model_dir, data_root, tmp_path):
+    """Flower's own simulation runtime (Ray actors as SuperNodes): the golden digest and losses."""
+    from kit.deploy.simulate import ray_missing, simulate
+
+    if why := ray_missing():
+        pytest.skip(why)
+    rc = {**_run_config(tiny_model_dir, data_root, tmp_path), "run-dir": str(tmp_path / "sim")}
+    s = simulate(rc, num_nodes=3)
+    golden = GOLDEN["fedkseed-pro"]
+    assert s["global_weights_sha256"] == golden["global_weights_sha256"]
+    assert s["train_loss_per_round"] == golden["train_loss_per_round"]
+    assert s["eval_loss_per_round"] == golden["eval_loss_per_round"]
+    assert s["replica_digest_mismatches"] == 0 and len(s["nodes"]) == 3
+
+
+def test_node_worker_serves_messages_and_dies_with_its_supernode(tiny_model_dir, data_root, tmp_path):
+    """The ClientApp's work runs in one long-lived worker per node, which exits with the SuperNode."""
+    import subprocess
+    import sys
+
+    from kit.deploy.node_link import call
+    from kit.deploy.node_ops import handle
+    from kit.deploy.node_worker import alive
 
     rc = _run_config(tiny_model_dir, data_root, tmp_path)
-    dep = LocalDeployment(tmp_path / "dep", num_nodes=3)
+    node = {"partition-id": 1, "num-partitions": 3, "state-dir": str(tmp_path / "node")}
+    supernode = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # stands in
+    pid = None
+    try:
+        first = call("query", rc, node, {}, watch_pid=supernode.pid)
+        pid = int((tmp_path / "node" / "worker.pid").read_text())
+        assert call("query", rc, node, {}, watch_pid=supernode.pid) == first  # the same worker answers
+        assert int((tmp_path / "node" / "worker.pid").read_text()) == pid and alive(pid)
+        assert first == handle("query", rc, {**node, "worker": False}, {})  # as in-process
+        with pytest.raises(RuntimeError, match="node worker: ValueError: unknown node operation"):
+            call("fit", rc, node, {}, watch_pid=supernode.pid)
+        supernode.kill()
+        supernode.wait(timeout=10)
+        end = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not alive(pid), "the worker outlived the process it watches"
+    finally:
+        supernode.kill()
+        supernode.wait(timeout=10)
+        if pid and alive(pid):  # only on failure: never leave it running
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, data_root, tmp_path):
+    """One deployment on 127.0.0.1 (`flower-superlink` + 3 `flower-supernode`), four `flwr run`s:
+
+    1) the ServerApp killed (-9) after round 1 and the run resubmitted: it resumes from its
+       checkpoint and ends round 2 with the Lightning golden run's digest and losses;
+    2) round 3: the SuperNode of a round-3 client is killed (-9) once it has received its train
+       message; the round completes with the other client (by the deadline, or earlier when the
+       SuperLink declares the node gone); restarted on the same state dir, the node catches up by
+       replay and trains its round-4 client, its replica's digest equal to the server's.
+    The deadline alone ending a round (a node that looks alive) is pinned in one process above.
+    """
+    from kit.deploy.local import LocalDeployment, cmdline, process_tree
+    from kit.deploy.node_worker import alive
+    from kit.federation.server import sample_clients
+
+    run_dir, deadline = tmp_path / "dep", 120.0  # > the <= 60 s a killed node looks alive
+    run = {"run-dir": str(run_dir), "round-timeout": 600.0}
+    dep, seen = LocalDeployment(run_dir, num_nodes=3), set()
+
+    def track() -> None:  # every process the deployment runs now, to check they all end
+        for proc in [dep.superlink, *dep.nodes.values()]:
+            seen.update(process_tree(proc.pid))
+        seen.update(p for i in range(3) if (p := dep.worker_pid(i)))
+
+    def submit(rounds: int, **extra) -> None:
+        dep.submit({**_run_config(tiny_model_dir, data_root, tmp_path, rounds=rounds), **run, **extra})
+
     try:
         dep.start()
-        pids = [pid for p in [dep.superlink, *dep.nodes.values()] for pid in process_tree(p.pid)]
-        dep.submit({**rc, "run-dir": str(tmp_path / "dep"), "round-timeout": 300.0})
-        s = dep.wait_summary(rounds=2, timeout=900)
+        # 1) server killed after round 1, restarted from its checkpoint
+        submit(2)
+        dep.wait_summary(rounds=1, timeout=900)
+        track()
+        dep.kill_serverapp()
+        submit(2)
+        s2 = dep.wait_summary(rounds=2, timeout=900)
+        assert s2["resumed_at"] == [1]
+        assert s2["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
+        assert s2["train_loss_per_round"] == GOLDEN["fedkseed-pro"]["train_loss_per_round"]
+        assert s2["replica_digest_mismatches"] == 0
+
+        # 2) a SuperNode killed mid-round 3: the node of a round-3 client that has a round-4 client too
+        fed = recipe_from_run_config(_run_config(tiny_model_dir, data_root, tmp_path)).fed
+        r3, r4 = (sample_clients(fed["seed"], r, s2["num_clients"], fed["fraction"]) for r in (3, 4))
+        k = next(c % 3 for c in r3 if c % 3 in {d % 3 for d in r4})
+        track()
+        submit(3, **{"round-timeout": deadline})
+        at = dep.wait_log(f"supernode-{k}", "ROUND 3]", timeout=900)
+        dep.wait_log(f"supernode-{k}", "Receiving: train", timeout=60, after=at)
+        worker = dep.worker_pid(k)
+        dep.kill_node(k)  # kill -9 its whole process tree, while its ClientApp starts
+        end = time.monotonic() + 10
+        while worker and alive(worker) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert worker and not alive(worker), "the killed SuperNode's worker outlived it"
+        log_end = (dep.logs / f"supernode-{k}.log").stat().st_size
+        dep.start_node(k)  # restarted on the same state dir
+        s3 = dep.wait_summary(rounds=3, timeout=900)
+        dep.wait_log(f"supernode-{k}", "SuperNode ID", timeout=600, after=log_end)  # registered
+        submit(4)
+        s = dep.wait_summary(rounds=4, timeout=900)
+        track()
     finally:
         dep.stop()
-    assert s["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
-    assert s["train_loss_per_round"] == GOLDEN["fedkseed-pro"]["train_loss_per_round"]
-    assert s["replica_digest_mismatches"] == 0
-    assert all(not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid) for pid in pids)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
-    except (OSError, IndexError):
-        return "zombie"
+    third, fourth = s["per_round"][2], s["per_round"][3]
+    gone = [c for c in r3 if c % 3 == k]
+    assert third["missing"] == gone and gone in (third["deadline_missed"], third["failed"])
+    assert third["trained"] == [c for c in r3 if c % 3 != k] and third["train_wait_s"] < deadline + 10
+    back = [c for c in r4 if c % 3 == k]
+    assert set(back) <= set(fourth["trained"]) and s["finished"] and s["resumed_at"] == [1, 2, 3]
+    i = fourth["trained"].index(back[0])
+    assert fourth["syncs"][i] == "replay"  # its replica (round 2) replayed round 3's downlink
+    old = [int(n) for n, part in s3["nodes"].items() if part == k]  # the id the killed node had
+    assert s["nodes"][str(fourth["nodes"][i])] == k and fourth["nodes"][i] not in old  # restarted node
+    assert s["replica_digest_mismatches"] == 0  # every replica that trained equalled the server's model
+    ours = ("flower-", "flwr-", "kit.deploy.node_worker")  # a pid seen may be reused now: check it
+    left = [p for p in seen if alive(p) and any(t in cmdline(p) for t in ours)]
+    assert not left, f"processes of the deployment still run: {left}"

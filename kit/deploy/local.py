@@ -50,6 +50,14 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cmdline(pid: int) -> str:
+    """The command line of `pid` ('' when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _signal(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -94,7 +102,9 @@ class LocalDeployment:
         self.superlink = self._spawn(
             "superlink",
             [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(p["link"]),
-             "--health-server-address", f"127.0.0.1:{p['health']}"],
+             "--health-server-address", f"127.0.0.1:{p['health']}",
+             # the kit is installed already: no `uv sync` of the app's dependencies per ServerApp
+             "--disable-runtime-dependency-installation"],
         )  # fmt: skip
         try:
             self._wait_port(p["link"])
@@ -116,10 +126,43 @@ class LocalDeployment:
         )  # fmt: skip
 
     def kill_node(self, i: int) -> None:
-        """kill -9 the SuperNode of partition `i` and everything it spawned."""
+        """kill -9 the SuperNode of partition `i` and everything it spawned (its worker then exits)."""
         proc = self.nodes.pop(i)
         _signal(process_tree(proc.pid), signal.SIGKILL)
         proc.wait(timeout=10)
+
+    def worker_pid(self, i: int) -> int | None:
+        """The pid of node `i`'s worker (kit/deploy/node_worker.py) while it runs."""
+        state = self.run_dir / "nodes" / f"node-{i}"
+        try:
+            pid = int((state / "worker.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        line = cmdline(pid)  # the file may name a pid that exited and was reused
+        return pid if "kit.deploy.node_worker" in line and str(state) in line else None
+
+    def serverapp_pids(self) -> list[int]:
+        """The ServerApp processes the SuperLink runs (one per submitted run still going)."""
+        tree = process_tree(self.superlink.pid) if self.superlink else []
+        return [pid for pid in tree if "flwr-serverapp" in cmdline(pid)]
+
+    def kill_serverapp(self) -> None:
+        """kill -9 the running ServerApp(s): the server dies; the SuperLink and SuperNodes stay."""
+        pids = self.serverapp_pids()
+        if not pids:
+            raise RuntimeError("no ServerApp runs: submit a run first")
+        _signal(pids, signal.SIGKILL)
+
+    def wait_log(self, name: str, text: str, timeout: float, after: int = 0) -> int:
+        """Wait until logs/NAME.log holds `text` past byte `after`; returns the offset after it."""
+        path, end = self.logs / f"{name}.log", time.monotonic() + timeout
+        while time.monotonic() < end:
+            data = path.read_bytes() if path.is_file() else b""
+            at = data.find(text.encode(), after)
+            if at >= 0:
+                return at + len(text)
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not in {path} after {timeout} s")
 
     def submit(self, run_config: dict, timeout: float = 120) -> subprocess.CompletedProcess:
         """`flwr run kit/deploy/app local --run-config ...` (returns once the run is submitted)."""
@@ -134,7 +177,8 @@ class LocalDeployment:
         return done
 
     def wait_summary(self, rounds: int, timeout: float) -> dict:
-        """summary.json once it reports `rounds` rounds; raises TimeoutError naming the logs."""
+        """summary.json once it reports `rounds` rounds (it is rewritten after every round);
+        raises TimeoutError naming the logs."""
         path, end = self.run_dir / "summary.json", time.monotonic() + timeout
         while time.monotonic() < end:
             if path.is_file():
@@ -160,8 +204,11 @@ class LocalDeployment:
     def stop(self) -> None:
         """Stop every process this deployment started (SIGTERM, then SIGKILL after 10 s)."""
         procs = [*self.nodes.values(), *([self.superlink] if self.superlink else [])]
-        # the SuperExec and app processes they spawned run in sessions of their own: stop the trees
+        # the SuperExec and app processes they spawned run in sessions of their own: stop the trees;
+        # node workers left their ClientApp's tree (they would exit on their own within a second)
+        workers = [self.worker_pid(i) for i in range(self.num_nodes)]
         trees = [pid for proc in procs for pid in process_tree(proc.pid)]
+        trees += [pid for pid in workers if pid is not None]
         _signal(trees, signal.SIGTERM)
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -178,32 +225,42 @@ class LocalDeployment:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_parser(description: str, run_dir: str) -> argparse.ArgumentParser:
+    """The command line of a Flower run (`kit.deploy.local`, `kit.deploy.simulate`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--recipe", required=True, help="recipe path(s), comma-separated (as `fedkseed fit -c`)"
     )
     parser.add_argument("--nodes", type=int, default=3, help="SuperNodes to start (node i hosts c %% N == i)")
-    parser.add_argument("--run-dir", default="runs/flower", help="summary.json, checkpoint, logs, replicas")
+    parser.add_argument("--run-dir", default=run_dir, help="summary.json, checkpoint, logs, replicas")
     parser.add_argument(
         "--overrides", default="{}", help='JSON of dotted recipe keys, e.g. {"fed.num_seeds": 64}'
     )
     parser.add_argument(
         "--round-timeout", type=float, default=600.0, help="seconds a round waits for uplinks"
     )
+    return parser
+
+
+def run_config_of(args: argparse.Namespace) -> dict:
+    """The Flower run config (keys of kit/deploy/app/pyproject.toml) of parsed `run_parser` args."""
+    return {
+        "recipe": ",".join(str(Path(p).resolve()) for p in args.recipe.split(",")),
+        "overrides": args.overrides,
+        "run-dir": str(Path(args.run_dir).resolve()),
+        "round-timeout": args.round_timeout,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = run_parser(__doc__.splitlines()[0], "runs/flower")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds the whole run may take")
     args = parser.parse_args(argv)
     from kit.deploy.recipe import recipe_from_run_config
 
-    run_dir = Path(args.run_dir).resolve()
-    run_config = {
-        "recipe": ",".join(str(Path(p).resolve()) for p in args.recipe.split(",")),
-        "overrides": args.overrides,
-        "run-dir": str(run_dir),
-        "round-timeout": args.round_timeout,
-    }
+    run_config = run_config_of(args)
     rounds = recipe_from_run_config(run_config).rounds
-    with LocalDeployment(run_dir, args.nodes) as dep:
+    with LocalDeployment(run_config["run-dir"], args.nodes) as dep:
         dep.submit(run_config)
         summary = dep.wait_summary(rounds, args.timeout)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_round"}))

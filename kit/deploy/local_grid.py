@@ -5,8 +5,10 @@
 
 Each virtual node has its own Context (node config `partition-id`, `num-partitions`, `state-dir`)
 and gets the messages as Flower Message objects; replies go through `Message(..., reply_to=...)`.
-A node in `down` answers nothing (a killed SuperNode: the round proceeds without it). Flower's own
-simulation runtime needs Ray; this grid keeps tests and quick runs in one process.
+A node in `down` is gone as the SuperLink reports it once its heartbeat expired (an error reply,
+NODE_UNAVAILABLE); a node in `silent` answers nothing (killed, its heartbeat not yet expired: only
+the server's deadline ends the round). Flower's own simulation runtime needs Ray
+(kit/deploy/simulate.py); this grid keeps tests and quick runs in one process.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -29,7 +32,8 @@ class LocalGrid(Grid):
         self.client_app, self.run_config = client_app, dict(run_config)
         self.state_root, self.num_partitions = Path(state_root), num_nodes
         self.contexts: dict[int, Context] = {}
-        self.down: set[int] = set()
+        self.down: set[int] = set()  # gone: the SuperLink answers NODE_UNAVAILABLE for them
+        self.silent: set[int] = set()  # killed, still "online": messages to them get no reply
         self._ids = itertools.count(1)
         self._run = Run.create_empty(run_id=1)
         # what Flower's runtimes set before a ServerApp runs: Message() reads the run id from it
@@ -45,6 +49,7 @@ class LocalGrid(Grid):
             "partition-id": partition_id,
             "num-partitions": self.num_partitions,
             "state-dir": str(self.state_root / f"node-{partition_id}"),
+            "worker": False,  # the ClientApp does the work in this process
         }
         self.contexts[node] = Context(1, node, config, RecordDict(), self.run_config)
         return node
@@ -62,7 +67,7 @@ class LocalGrid(Grid):
         )
 
     def get_node_ids(self) -> Iterable[int]:
-        return [n for n in self.contexts if n not in self.down]
+        return [n for n in self.contexts if n not in self.down]  # silent ones still look online
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -70,9 +75,11 @@ class LocalGrid(Grid):
             msg.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"  # as the SuperLink does
             ids.append(msg.metadata.message_id)
             node = msg.metadata.dst_node_id
-            if node in self.contexts and node not in self.down:
-                reply = self.client_app(msg, self.contexts[node])
-                self._replies[msg.metadata.message_id] = reply
+            if node in self.down or node not in self.contexts:
+                gone = Error(ErrorCode.NODE_UNAVAILABLE, f"node {node} is not available")
+                self._replies[msg.metadata.message_id] = Message(gone, reply_to=msg)
+            elif node not in self.silent:
+                self._replies[msg.metadata.message_id] = self.client_app(msg, self.contexts[node])
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

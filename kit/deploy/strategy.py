@@ -76,6 +76,8 @@ class FedKSeedStrategy(Strategy):
         self.num_params = sum(p.numel() for p in self.net.parameters())
         self.rounds_done = 0
         self.history: list[dict] = []
+        self.resumed_at: list[int] = []  # rounds_done at each restart from the checkpoint
+        self._round: dict = {}
         self.nodes: dict[int, tuple[int, int]] = {}  # node id -> (partition id, num partitions)
         self.synced: dict[int, int] = {}  # node id -> the round its replica holds (as last reported)
         self.num_clients: int | None = None
@@ -91,6 +93,33 @@ class FedKSeedStrategy(Strategy):
         g = self.method.downlinks[rnd - 1]
         return encode_downlink(Downlink(rnd, g, probs), self.method.pool.fingerprint)
 
+    # -- the deadline ------------------------------------------------------------------------------
+    def exchange(
+        self, grid: Grid, messages: Iterable[Message]
+    ) -> tuple[list[Message], list[Message], list[Message]]:
+        """Send `messages` and collect replies until all came or `round_timeout` passed.
+
+        Returns (replies, unanswered, failed): a killed SuperNode looks alive to the SuperLink until
+        its heartbeat expires (then the SuperLink answers for it with an error), so the deadline
+        bounds the round regardless; `failed` are the messages answered by an error. Polls every
+        0.2 s (Flower's `send_and_receive` sleeps 3 s between polls)."""
+        messages = list(messages)
+        if not messages:
+            return [], [], []
+        ids = list(grid.push_messages(messages))
+        sent = dict(zip(ids, messages, strict=True))
+        waiting, replies = set(ids), []
+        end = time.monotonic() + self.round_timeout
+        while waiting:
+            got = list(grid.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if not waiting or time.monotonic() >= end:
+                break
+            time.sleep(0.2)
+        failed = [sent[r.metadata.reply_to_message_id] for r in replies if r.has_error()]
+        return replies, [sent[i] for i in ids if i in waiting], failed
+
     # -- 0) discovery ------------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
         """Ask nodes not seen yet which partitions they host and which round their replica holds."""
@@ -98,7 +127,7 @@ class FedKSeedStrategy(Strategy):
         if not new:
             return
         ask = [Message(RecordDict(), dst_node_id=n, message_type=QUERY) for n in new]
-        for reply in grid.send_and_receive(ask, timeout=self.round_timeout):
+        for reply in self.exchange(grid, ask)[0]:  # a node that answers late is asked again
             if reply.has_error():
                 continue
             info = reply.content["node"]
@@ -205,6 +234,7 @@ class FedKSeedStrategy(Strategy):
         downlink = self._round["downlink"]
         self.method.apply_downlink(server_round, downlink)
         mismatched = sum(u["replica-digest"] != self._digest for u in ups) if self.check_replicas else 0
+        self._round["answered"] = {u["node"] for u in ups}
         for u in ups:
             self.synced[u["node"]] = max(self.synced.get(u["node"], 0), int(u["replica-round"]))
         self.rounds_done = server_round
@@ -216,6 +246,11 @@ class FedKSeedStrategy(Strategy):
             "clients": self._round["clients"],
             "trained": [int(u["client"]) for u in ups],
             "missing": sorted(set(self._round["clients"]) - {int(u["client"]) for u in ups}),
+            "deadline_missed": self._round.get("deadline_missed", []),  # no reply by round-timeout
+            "failed": self._round.get("failed", []),  # an error reply (e.g. the node is gone)
+            "train_wait_s": self._round.get("train_wait_s"),
+            "round_timeout_s": self.round_timeout,
+            "nodes": [int(u["node"]) for u in ups],
             "refused": dict(refused),
             "train_loss": sum(float(u["loss-sum"]) for u in ups) / max(steps, 1),
             "syncs": [u["sync"] for u in ups],
@@ -241,7 +276,12 @@ class FedKSeedStrategy(Strategy):
     ) -> Iterable[Message]:
         if not self._eval_round(server_round) or not self.nodes:
             return []
-        node = min(self.nodes, key=lambda n: (self.synced.get(n, 0) < server_round - 1, self.nodes[n]))
+        # a node that answered this round (not one that missed the deadline), best one already synced
+        answered = self._round.get("answered", set())
+        node = min(
+            self.nodes,
+            key=lambda n: (n not in answered, self.synced.get(n, 0) < server_round - 1, self.nodes[n]),
+        )
         content, _ = self._sync_records(node, server_round)
         return [
             Message(content, dst_node_id=node, message_type=MessageType.EVALUATE, group_id=str(server_round))
@@ -269,15 +309,19 @@ class FedKSeedStrategy(Strategy):
         for rnd in range(self.rounds_done + 1, last + 1):
             t0 = time.perf_counter()
             self.discover(grid)
-            replies = grid.send_and_receive(
-                self.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid), timeout=self.round_timeout
-            )
+            train = self.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)
+            t1 = time.perf_counter()
+            replies, late, failed = self.exchange(grid, train)
+            self._round["deadline_missed"] = sorted(int(m.content["train"]["client"]) for m in late)
+            self._round["failed"] = sorted(int(m.content["train"]["client"]) for m in failed)
+            self._round["train_wait_s"] = time.perf_counter() - t1
             self.aggregate_train(rnd, replies)
             asks = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
             if asks:
-                self.aggregate_evaluate(rnd, grid.send_and_receive(asks, timeout=self.round_timeout))
+                self.aggregate_evaluate(rnd, self.exchange(grid, asks)[0])
             self.history[-1]["time_s"] = time.perf_counter() - t0
             self.save_checkpoint()
+            self.write_summary()  # progress: summary.json after every round, `finished` after the last
             print(f"[kit] round {rnd}: {json.dumps(self.history[-1])}", flush=True)
         return self.write_summary()
 
@@ -289,6 +333,7 @@ class FedKSeedStrategy(Strategy):
             "rounds_done": self.rounds_done,
             "method_state": self.method.state_dict(),
             "history": json.dumps(self.history),
+            "resumed_at": json.dumps(self.resumed_at),
         }
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -304,6 +349,7 @@ class FedKSeedStrategy(Strategy):
         self.method.restore_global()  # theta_g = theta_0 replayed through every round's G
         self.rounds_done = int(state["rounds_done"])
         self.history = json.loads(state["history"])
+        self.resumed_at = [*json.loads(state.get("resumed_at", "[]")), self.rounds_done]
 
     def write_summary(self) -> dict:
         """summary.json: digest of the global weights, losses and the bytes on the wire per round."""
@@ -315,6 +361,9 @@ class FedKSeedStrategy(Strategy):
             "rounds": self.rounds_done,
             "finished": self.rounds_done == self.recipe.rounds,
             "global_weights_sha256": self._digest,
+            "num_clients": self.num_clients,
+            "nodes": {str(n): pid for n, (pid, _) in self.nodes.items()},  # node id -> partition, found
+            "resumed_at": self.resumed_at,
             "train_loss_per_round": [r["train_loss"] for r in h],
             "eval_loss_per_round": [r["eval_loss"] for r in h],
             "uplink_payload_bytes_max": max(ups, default=0),

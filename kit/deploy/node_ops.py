@@ -1,0 +1,48 @@
+"""What a SuperNode does for each message, on plain values: sync its replica, train, evaluate, query.
+
+    handle("train", run_config, node_config, {"sync": {...}, "train": {"round": 3, "client": 22}})
+
+Called by the node's long-lived worker (kit/deploy/node_worker.py) or, for in-process grids, by the
+ClientApp itself. Requests and replies are dicts of ints, floats, strings, bytes and arrays (what
+the ClientApp reads from and writes to Flower records), so the ClientApp process never needs torch.
+"""
+
+from __future__ import annotations
+
+from kit.deploy.node_link import state_dir
+from kit.deploy.recipe import recipe_from_run_config
+from kit.deploy.replica import NodeReplica
+
+
+def node_replica(run_config: dict, node_config: dict) -> NodeReplica:
+    """This node's replica for the run's recipe, from the node config."""
+    if "partition-id" not in node_config or "num-partitions" not in node_config:
+        raise ValueError("start the SuperNode with --node-config 'partition-id=I num-partitions=N'")
+    pid, count = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    return NodeReplica(recipe_from_run_config(run_config), state_dir(node_config), pid, count)
+
+
+def _sync(replica: NodeReplica, request: dict) -> dict:
+    s = request["sync"]
+    weights = request.get("weights")
+    return replica.sync(int(s["target"]), int(s["first"]), list(s["downlinks"]), str(s["sync"]), weights)
+
+
+def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
+    """Run one message's work (`op`: train | evaluate | query) and return the reply's values."""
+    replica = node_replica(run_config, node_config)
+    if op == "train":  # sync to the previous round, then tau steps of the named client
+        synced = _sync(replica, request)
+        t = request["train"]
+        return {**replica.train(int(t["round"]), int(t["client"])), **synced}
+    if op == "evaluate":  # sync to the round just aggregated, then the held-out loss
+        synced = _sync(replica, request)
+        return {**replica.eval_loss(), **synced}
+    if op == "query":
+        return {
+            "partition-id": replica.partition_id,
+            "num-partitions": replica.num_partitions,
+            "num-clients": replica.num_clients(),
+            "replica-round": replica.saved_round(),
+        }
+    raise ValueError(f"unknown node operation {op!r} (expected train, evaluate or query)")
