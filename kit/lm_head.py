@@ -48,6 +48,26 @@ def head_inputs(net: torch.nn.Module) -> Iterator[Captured]:
         handle.remove()
 
 
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU, torch's intra-op threads set to 1 inside the block.
+
+    A one-example projection is a skinny matrix product whose CPU kernel can split its sums differently
+    with 1 or 2 threads (measured here: [1, n, 16] x [16, 49152] differs in the last bits for n = 5..11),
+    and a run on 2 processes gives each process fewer threads than 1 process has: one thread makes the eval
+    loss the same on any number of processes (tests/test_federation_run.py::test_two_processes_match_one).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def example_losses(
     hidden: torch.Tensor,
     labels: torch.Tensor,
@@ -61,7 +81,7 @@ def example_losses(
     """
     out = torch.empty(labels.shape[0], dtype=torch.float32, device=labels.device)
     for i in range(labels.shape[0]):
-        with autocast():
+        with autocast(), one_cpu_thread(hidden.device):
             logits = head(hidden[i : i + 1]).float()
         tok = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), labels[i : i + 1], ignore_index=-100, reduction="none"
