@@ -180,6 +180,10 @@ def test_node_worker_serves_messages_and_dies_with_its_supernode(tiny_model_dir,
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("FEDKSEED_REAL_FLOWER_TESTS") != "1",
+    reason="real SuperLink/SuperNode fault test (minutes, timing-bound): set FEDKSEED_REAL_FLOWER_TESTS=1",
+)
 def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, data_root, tmp_path):
     """One deployment on 127.0.0.1 (`flower-superlink` + 3 `flower-supernode`), four `flwr run`s:
 
@@ -256,5 +260,9 @@ def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, da
     assert s["nodes"][str(fourth["nodes"][i])] == k and fourth["nodes"][i] not in old  # restarted node
     assert s["replica_digest_mismatches"] == 0  # every replica that trained equalled the server's model
     ours = ("flower-", "flwr-", "kit.deploy.node_worker")  # a pid seen may be reused now: check it
-    left = [p for p in seen if alive(p) and any(t in cmdline(p) for t in ours)]
-    assert not left, f"processes of the deployment still run: {left}"
+    end = time.monotonic() + 20  # a node worker notices its SuperExec is gone within about a second
+    while (left := [p for p in seen if alive(p) and any(t in cmdline(p) for t in ours)]) and (
+        time.monotonic() < end
+    ):
+        time.sleep(0.5)
+    assert not left, f"processes of the deployment still run 20 s after stop: {left}"
