@@ -49,7 +49,7 @@ def test_notebook_executes(path: Path, two_runs, monkeypatch, tmp_path):
     table_cell = next(c for c in nb.cells if "comparison_table(" in c.source)
     table = "".join(o["data"].get("text/html", "") for o in table_cell.outputs if "data" in o)
     assert "fedkseed-pro" in table and table.replace("fedkseed-pro", "").count("fedkseed") >= 1
-    grid_cell = next(c for c in nb.cells if "FEDKSEED_COMPARE" in c.source)
+    grid_cell = next(c for c in nb.cells if c.cell_type == "code" and "FEDKSEED_COMPARE" in c.source)
     grid = "".join(o["data"].get("text/html", "") for o in grid_cell.outputs if "data" in o)
     assert "fedkseed-pro" in grid and "rougeL_std" in grid
     assert any("image/png" in o.get("data", {}) for o in grid_cell.outputs)
