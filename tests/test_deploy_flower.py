@@ -180,10 +180,6 @@ def test_node_worker_serves_messages_and_dies_with_its_supernode(tiny_model_dir,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("FEDKSEED_REAL_FLOWER_TESTS") != "1",
-    reason="real SuperLink/SuperNode fault test (minutes, timing-bound): set FEDKSEED_REAL_FLOWER_TESTS=1",
-)
 def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, data_root, tmp_path):
     """One deployment on 127.0.0.1 (`flower-superlink` + 3 `flower-supernode`), four `flwr run`s:
 
