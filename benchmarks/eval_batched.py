@@ -1,6 +1,7 @@
 """Batched greedy generation (eval/generate.py) vs the reference's one-prompt-at-a-time loop, in new tokens/s.
 
     python benchmarks/eval_batched.py                             # 32 prompts, 128 new tokens
+    python benchmarks/eval_batched.py --n 114 --cache-share 0.25 0.5 1   # the issue's 114 prompts, 3 budgets
     python benchmarks/eval_batched.py --n 8 --max-new-tokens 16   # a quick look
 
 Both run in one process on the real SmolLM2-135M, greedy, the same prompts (half NI test tasks, half Dolly
@@ -9,8 +10,12 @@ prompt's ids with no attention mask. Prints ONE JSON line: the seconds and new t
 tokens are the loop's; `identical` is the fraction of prompts whose two decoded outputs are equal, so at 1.0
 both made the same tokens), their ratio `speedup`, and the bound set by the prompts' prefill: the loop's time
 over `prefill_batched_s`, the batched path's own time for a single new token (its prompts' forward passes),
-which no decoding speed-up can go below (`speedup_bound`). The JSON also reports the thread count and the
-load average before and after: on a CPU shared with other processes the timings move with the load.
+which no decoding speed-up can go below (`speedup_bound`). With several `--cache-share` values (the KV cache
+budget as a share of the weights' bytes, `eval.generate.CACHE_SHARE` by default) the batched side runs once
+per value, one line each, against the same timed loop; `peak_rise_bytes` is the process's peak RSS rise
+during that batched run over the peak before it (runs with larger budgets come later, so each line's rise
+is over the earlier runs' peak: read it as "this budget needed that much more"). The JSON also reports the
+thread count and the load average before and after: on a CPU shared with other processes the timings move.
 Data root: --data-root, else $FEDKSEED_DATA_ROOT, else ../shared/data next to the repo.
 """
 
@@ -19,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
 import torch
 
-from eval.generate import generate_batched
+from eval.generate import CACHE_SHARE, cache_token_budget, generate_batched
 from eval.suites import build_suite
 from kit.models import load_model, load_tokenizer
 from kit.paths import DATA_ROOT_ENV
@@ -50,6 +56,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="prompts (half NI, half Dolly)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=None, help="default: generate_batched's")
+    parser.add_argument(
+        "--cache-share", type=float, nargs="+", default=[CACHE_SHARE], help="KV cache budgets to time"
+    )
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_ROOT))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -63,34 +72,50 @@ def main() -> None:
 
     new_tokens = args.max_new_tokens
 
-    def options(max_new_tokens: int) -> dict:
-        return {"max_new_tokens": max_new_tokens, "batch_size": args.batch_size, "progress": False}
+    def options(max_new_tokens: int, share: float) -> dict:
+        return {
+            "max_new_tokens": max_new_tokens,
+            "batch_size": args.batch_size,
+            "max_tokens": cache_token_budget(model, share),
+            "progress": False,
+        }
 
     load_before = os.getloadavg()[0]
-    batched_s, batched = _timed(lambda: generate_batched(model, tokenizer, prompts, **options(new_tokens)))
-    prefill_s, _ = _timed(lambda: generate_batched(model, tokenizer, prompts, **options(1)))
     looped_s, looped_ids = _timed(lambda: one_at_a_time(model, tokenizer, prompts, new_tokens))
     looped = [tokenizer.decode(ids, skip_special_tokens=True) for ids in looped_ids]
     made = sum(map(len, looped_ids))
+    prefill_s, _ = _timed(lambda: generate_batched(model, tokenizer, prompts, **options(1, CACHE_SHARE)))
+    for share in args.cache_share:
+        peak_before = _peak_rss()
+        batched_s, batched = _timed(
+            lambda share=share: generate_batched(model, tokenizer, prompts, **options(new_tokens, share))
+        )
+        result = {
+            "n": len(prompts),
+            "max_new_tokens": new_tokens,
+            "new_tokens": made,
+            "prompt_tokens": sum(len(ids) for ids in tokenizer(prompts)["input_ids"]),
+            "device": str(model.device),
+            "threads": torch.get_num_threads(),
+            "cache_share": share,
+            "cache_positions": options(1, share)["max_tokens"],
+            "batched_s": round(batched_s, 2),
+            "batch1_s": round(looped_s, 2),
+            "batched_tok_per_s": round(made / batched_s, 2),
+            "batch1_tok_per_s": round(made / looped_s, 2),
+            "speedup": round(looped_s / batched_s, 2),
+            "prefill_batched_s": round(prefill_s, 2),
+            "speedup_bound": round(looped_s / prefill_s, 2),
+            "identical": sum(a == b for a, b in zip(batched, looped, strict=True)) / len(prompts),
+            "peak_rise_bytes": _peak_rss() - peak_before,
+            "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        }
+        print(json.dumps(result), flush=True)
 
-    result = {
-        "n": len(prompts),
-        "max_new_tokens": new_tokens,
-        "new_tokens": made,
-        "prompt_tokens": sum(len(ids) for ids in tokenizer(prompts)["input_ids"]),
-        "device": str(model.device),
-        "threads": torch.get_num_threads(),
-        "batched_s": round(batched_s, 2),
-        "batch1_s": round(looped_s, 2),
-        "batched_tok_per_s": round(made / batched_s, 2),
-        "batch1_tok_per_s": round(made / looped_s, 2),
-        "speedup": round(looped_s / batched_s, 2),
-        "prefill_batched_s": round(prefill_s, 2),
-        "speedup_bound": round(looped_s / prefill_s, 2),
-        "identical": sum(a == b for a, b in zip(batched, looped, strict=True)) / len(prompts),
-        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-    }
-    print(json.dumps(result), flush=True)
+
+def _peak_rss() -> int:
+    """This process's peak resident set size so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _timed(fn):

@@ -1,18 +1,22 @@
-"""Greedy generation for many prompts at once: length-sorted, left-padded batches that adapt to memory.
+"""Greedy generation for many prompts at once: continuous batching over a KV cache that stays within a budget.
 
     from eval.generate import generate_batched
     generate_batched(model, tokenizer, ["### Instruction:\\nSay hi\\n\\n### Response:"], max_new_tokens=16)
 
-The reference (`evaluations.py`) generates one prompt at a time with no attention mask. Batching gives
-the same greedy tokens as long as the padding is invisible to the model: pads go on the left (so every
-row's new tokens start at the same column), the attention mask hides them, and `greedy` counts each row's
-position ids from its first real token, so each row sees positions 0..len-1 as it would alone (checked by
-tests/test_eval_generate.py; padded matrix shapes may still flip a near-tie argmax in rare cases).
-`greedy` is a KV-cached loop of its own rather than `generate`: rows that end leave the batch at once.
+The reference (`evaluations.py`) generates one prompt at a time with no attention mask. Here the prompts,
+longest first, stream through one batch of rows (`greedy_stream`): a row that ends leaves the batch at once,
+and once a quarter of the batch's room is free the next prompts are prefilled and join it, so decoding runs
+on a full batch until the prompts run out. Rows share the cache's columns, right-aligned: a row's prompt is
+preceded by masked columns, and its position ids count its own tokens from 0, so every row sees what it
+would see alone and gets the same greedy tokens (tests/test_eval_generate.py; padded matrix shapes may
+still flip a near-tie argmax in rare cases).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -22,8 +26,13 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 64
-CACHE_SHARE = 0.25  # a batch's KV cache (prompts + new tokens) holds at most this share of the weights' bytes
+CACHE_SHARE = (
+    0.25  # the batch's KV cache (prompts + new tokens) holds at most this share of the weights' bytes
+)
 TOKENS_PER_ROW = 256  # without a readable KV shape: a batch holds batch_size * TOKENS_PER_ROW tokens
+REFILL_SHARE = 0.25  # new prompts join the batch once they would make up this share of its rows
+
+Prefix = Callable[[list[int]], torch.Tensor]  # prompt indices -> their virtual tokens [rows, n, hidden]
 
 
 def generate_batched(
@@ -38,19 +47,23 @@ def generate_batched(
 ) -> list[str]:
     """Greedy continuations of `prompts` (new tokens only, special tokens removed), in input order.
 
-    A batch holds at most `batch_size` prompts (default 32 on CPU, 64 on an accelerator) and
-    `max_tokens` cache positions, rows x (longest prompt + `max_new_tokens`); the default keeps its KV
-    cache within `CACHE_SHARE` of the weights' bytes, so eval needs little memory beyond training's.
-    Both limits are halved after an out-of-memory error, keeping the prompts already done.
-    The tokenizer needs a pad token (`kit.models.load_tokenizer` sets one).
+    At most `batch_size` rows decode together (default 32 on CPU, 64 on an accelerator), holding at most
+    `max_tokens` cache positions, rows x (widest prompt + `max_new_tokens`); the default keeps the KV cache
+    within `CACHE_SHARE` of the weights' bytes, so eval needs little memory beyond training's. Both limits
+    are halved after an out-of-memory error, keeping the prompts already done.
     """
     if not prompts:
         return []
-    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    encoded = tokenizer(prompts)["input_ids"]
     outputs: list[str | None] = [None] * len(prompts)
     size = batch_size or (CPU_BATCH_SIZE if model.device.type == "cpu" else GPU_BATCH_SIZE)
     tokens = max_tokens or cache_token_budget(model) or size * TOKENS_PER_ROW
-    longest = max(lengths) + max_new_tokens
+    longest = max(map(len, encoded)) + max_new_tokens
+    eos = _eos_ids(model, tokenizer)
+    decoder, prefix = model, None
+    if is_prompt_learning(model):  # the base model decodes after the adapter's virtual tokens
+        decoder = model.get_base_model()
+        prefix = lambda rows: model.get_prompt(batch_size=len(rows))  # noqa: E731 (same for every row)
 
     def halve() -> int:
         nonlocal size, tokens
@@ -59,13 +72,14 @@ def generate_batched(
 
     @find_executable_batch_size(starting_batch_size=size, reduce_batch_size_fn=halve)
     @torch.inference_mode()
-    def run(current: int) -> None:
-        todo = [i for i, text in enumerate(outputs) if text is None]
-        for rows in plan_batches(lengths, todo, current, tokens, max_new_tokens):
-            texts = _generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens)
-            for i, text in zip(rows, texts, strict=True):
-                outputs[i] = text
-            bar.update(len(rows))
+    def run(rows: int) -> None:
+        todo = sorted((i for i, text in enumerate(outputs) if text is None), key=lambda i: -len(encoded[i]))
+        stream = greedy_stream(
+            decoder, [encoded[i] for i in todo], max_new_tokens, eos, rows, tokens, prefix=prefix
+        )
+        for k, new in stream:
+            outputs[todo[k]] = tokenizer.decode(new, skip_special_tokens=True)
+            bar.update(1)
 
     with tqdm(total=len(prompts), desc="generate", unit="ex", disable=not progress) as bar:
         run()
@@ -86,41 +100,6 @@ def cache_token_budget(model, share: float = CACHE_SHARE) -> int | None:
     return int(share * weights / per_position)
 
 
-def plan_batches(
-    lengths: list[int], indices: list[int], batch_size: int, max_tokens: int, new_tokens: int = 0
-) -> list[list[int]]:
-    """`indices` longest prompt first, cut into batches of at most `batch_size` prompts and `max_tokens`
-    cache positions, rows x (longest prompt + `new_tokens`) (a longer prompt alone makes a batch).
-
-    Longest first puts similar lengths together (little padding) and shows an out-of-memory error at once.
-    """
-    batches: list[list[int]] = []
-    for i in sorted(indices, key=lambda i: -lengths[i]):
-        last = batches[-1] if batches else []
-        if (
-            last
-            and len(last) < batch_size
-            and (len(last) + 1) * (lengths[last[0]] + new_tokens) <= max_tokens
-        ):
-            last.append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """One left-padded batch through `greedy`; the decoded new tokens of each row."""
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
-    eos = _eos_ids(model, tokenizer)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    if is_prompt_learning(model):  # the base model decodes after the adapter's virtual tokens
-        prefix = model.get_prompt(batch_size=ids.shape[0])
-        tokens = greedy(model.get_base_model(), ids, mask, max_new_tokens, eos, prefix_embeds=prefix)
-    else:
-        tokens = greedy(model, ids, mask, max_new_tokens, eos)
-    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
-
-
 def is_prompt_learning(model) -> bool:
     """True for a peft model whose adapter is prompt learning (prompt tuning, P-tuning)."""
     config = getattr(model, "active_peft_config", None)
@@ -134,74 +113,176 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
+@dataclass
+class Rows:
+    """The rows decoding together: prompt index, new tokens, cache, attention mask [rows, width], next token
+    and its position id of each row."""
+
+    index: list[int]
+    new: list[list[int]]
+    cache: Cache
+    mask: torch.Tensor
+    token: torch.Tensor
+    position: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only rows `keep` (positions in this batch), cache included."""
+        at = torch.tensor(keep, device=self.mask.device)
+        self.index, self.new = [self.index[k] for k in keep], [self.new[k] for k in keep]
+        self.mask, self.token, self.position = self.mask[at], self.token[at], self.position[at]
+        self.cache.batch_select_indices(at)
+
+
 @torch.inference_mode()
-def greedy(
+def greedy_stream(
     model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    prompts: list[list[int]],
     max_new_tokens: int,
     eos_ids: list[int],
-    prefix_embeds: torch.Tensor | None = None,
-) -> list[list[int]]:
-    """Greedy new tokens of each row of a left-padded batch (an EOS token ends its row and is kept).
+    max_rows: int,
+    max_tokens: int,
+    *,
+    prefix: Prefix | None = None,
+) -> Iterator[tuple[int, list[int]]]:
+    """(prompt index, greedy new tokens) of every prompt, as each ends (EOS, kept, or `max_new_tokens`).
 
-    1) prefill: one forward over the prompts, the LM head on the last position only; 2) then one token
-    per step for the rows still running: a row that emits EOS leaves the batch and its cache rows are
-    dropped, so the batch shrinks instead of computing pads until its longest row ends. Position ids
-    count each row's real tokens (0 at its first), so a row sees what it would see alone.
-
-    `prefix_embeds` ([rows, n, hidden]: a prompt-learning adapter's virtual tokens) go before every row's
-    (left-padded) prompt, attended, as peft's own forward places them. peft's `generate` loses them on
-    cached steps with this transformers (greedy output unlike greedy decoding through peft's forward:
-    FedPrompt/FedPTuning scored Rouge-L 0), so the kit prefills the base model with them itself.
+    Prompts join in the given order while the batch has at most `max_rows` rows and `max_tokens` cache
+    positions (a prompt too long for that runs alone); they join once they would be `REFILL_SHARE` of the
+    rows, or when the batch is empty. `prefix` gives virtual tokens (a prompt-learning adapter's) to put
+    before a prompt, attended, as peft's own forward places them: peft's `generate` loses them on cached
+    steps with this transformers, so they are prefilled into the base model's cache here.
     """
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     if max_new_tokens < 1:
-        return out
-    eos = torch.tensor(eos_ids, device=input_ids.device)
-    cache = Cache(layer_class_to_replicate=partial(RoomyLayer, max_new_tokens))
-    prefill = {"input_ids": input_ids}
-    if prefix_embeds is not None:
-        embeds = model.get_input_embeddings()(input_ids)
-        prefill = {"inputs_embeds": torch.cat([prefix_embeds.to(embeds.dtype), embeds], dim=1)}
-        ones = attention_mask.new_ones(input_ids.shape[0], prefix_embeds.shape[1])
-        attention_mask = torch.cat([ones, attention_mask], dim=1)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        **prefill,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits
-    for step in range(max_new_tokens):
-        token = logits[:, -1].argmax(-1)
-        for row, tok in zip(rows.tolist(), token.tolist(), strict=True):
-            out[row].append(tok)
-        running = ~torch.isin(token, eos)
-        if step == max_new_tokens - 1 or not running.any():
-            break
-        if not running.all():  # 2) finished rows leave the batch and the cache
-            keep = running.nonzero().squeeze(1)
-            rows, token, attention_mask, positions = (
-                rows[keep],
-                token[keep],
-                attention_mask[keep],
-                positions[keep],
-            )
-            cache.batch_select_indices(keep)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-        positions = positions[:, -1:] + 1
+        yield from ((i, []) for i in range(len(prompts)))
+        return
+    eos = torch.tensor(eos_ids)
+    extra = 0 if prefix is None else prefix([0]).shape[1]  # virtual tokens before every prompt
+    lengths = [len(p) + extra for p in prompts]
+    pending = deque(range(len(prompts)))
+    rows: Rows | None = None
+    while pending or rows:
+        joining = _admit(lengths, pending, rows, max_rows, max_tokens, max_new_tokens)
+        if joining:
+            parts = [rows] if rows else []
+            for i in joining:
+                fresh = _prefill(model, prompts[i], i, prefix)
+                yield from _finish(fresh, eos, max_new_tokens)
+                parts += [fresh] if fresh else []
+            rows = _merge(parts, max_new_tokens) if parts else None
+        if not rows:
+            rows = None  # release an ended batch's cache before the next prefill
+            continue
+        rows.mask = torch.cat([rows.mask, rows.mask.new_ones(len(rows), 1)], dim=1)
         logits = model(
-            input_ids=token[:, None],
-            attention_mask=attention_mask,
-            position_ids=positions,
-            cache=cache,
+            input_ids=rows.token[:, None],
+            attention_mask=rows.mask,
+            position_ids=rows.position[:, None],
+            cache=rows.cache,
             use_cache=True,
         ).logits
-    return out
+        rows.position = rows.position + 1
+        _take(rows, logits[:, -1].argmax(-1))
+        yield from _finish(rows, eos, max_new_tokens)
+
+
+def _admit(
+    lengths: list[int], pending: deque, rows: Rows | None, max_rows: int, max_tokens: int, max_new_tokens: int
+) -> list[int]:
+    """The next prompts to join `rows` (taken from `pending`): within both limits, and only when they would
+    be `REFILL_SHARE` of the rows, or are the last ones, or the batch is empty."""
+    current = len(rows) if rows else 0
+    width = rows.width if rows else 0
+    joining: list[int] = []
+    for i in pending:
+        width = max(width, lengths[i])
+        n = current + len(joining) + 1
+        if n > max_rows or n * (width + max_new_tokens) > max_tokens:
+            break
+        joining.append(i)
+    if not current and not joining and pending:
+        joining = [pending[0]]  # too long for the budget: alone
+    if current and len(joining) < min(REFILL_SHARE * (current + len(joining)), len(pending)):
+        return []
+    for _ in joining:
+        pending.popleft()
+    return joining
+
+
+def _prefill(model, prompt: list[int], index: int, prefix: Prefix | None) -> Rows:
+    """One prompt's forward, alone as the reference runs it (no padding: no attention matrix with masked
+    entries to hold), into a cache of its own; its first new token."""
+    ids = torch.tensor([prompt], device=model.device)
+    inputs = {"input_ids": ids}
+    if prefix is not None:
+        embeds = model.get_input_embeddings()(ids)
+        inputs = {"inputs_embeds": torch.cat([prefix([index]).to(embeds.dtype), embeds], dim=1)}
+    width = inputs.get("inputs_embeds", ids).shape[1]
+    mask = torch.ones(1, width, dtype=torch.long, device=model.device)
+    position = torch.arange(width, device=model.device)[None]
+    cache = Cache(layer_class_to_replicate=partial(RoomyLayer, 0))
+    out = model(
+        **inputs, attention_mask=mask, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1
+    )
+    fresh = Rows([index], [[]], cache, mask, ids[:, 0], position[:, -1] + 1)
+    _take(fresh, out.logits[:, -1].argmax(-1))
+    return fresh
+
+
+def _take(rows: Rows, token: torch.Tensor) -> None:
+    """Each row's next greedy token: appended to its new tokens, and the token it feeds next."""
+    rows.token = token
+    for new, tok in zip(rows.new, token.tolist(), strict=True):
+        new.append(tok)
+
+
+def _finish(rows: Rows, eos: torch.Tensor, max_new_tokens: int) -> Iterator[tuple[int, list[int]]]:
+    """Yield the rows that ended (EOS or `max_new_tokens`) and drop them from the batch and the cache."""
+    ended = torch.isin(rows.token, eos.to(rows.token.device)).tolist()
+    ended = [e or len(new) == max_new_tokens for e, new in zip(ended, rows.new, strict=True)]
+    if not any(ended):
+        return
+    for k, done in enumerate(ended):
+        if done:
+            yield rows.index[k], rows.new[k]
+    keep = [k for k, done in enumerate(ended) if not done]
+    if keep:
+        rows.select(keep)
+    else:
+        rows.index, rows.new = [], []
+
+
+def _merge(parts: list[Rows], max_new_tokens: int) -> Rows:
+    """One batch of the rows of `parts`: right-aligned on the widest's columns, columns masked for every row
+    dropped, room for every row's remaining new tokens; copied layer by layer, each part's layer released
+    once copied."""
+    wide = max(part.width for part in parts)
+    mask = torch.cat([_pad_left(part.mask, wide) for part in parts])
+    start = int(mask.any(0).nonzero()[0])  # columns before it are masked for every row
+    room = max(max_new_tokens - len(new) for part in parts for new in part.new)
+    layers = []
+    for i in range(len(parts[0].cache.layers)):
+        layers.append(RoomyLayer.joined([part.cache.layers[i] for part in parts], wide, start, room))
+        for part in parts:
+            part.cache.layers[i] = None
+    return Rows(
+        [i for part in parts for i in part.index],
+        [new for part in parts for new in part.new],
+        Cache(layers=layers),
+        mask[:, start:],
+        torch.cat([part.token for part in parts]),
+        torch.cat([part.position for part in parts]),
+    )
+
+
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros(mask.shape[0], width - mask.shape[1]), mask], dim=1)
 
 
 class RoomyLayer(DynamicLayer):
@@ -230,9 +311,41 @@ class RoomyLayer(DynamicLayer):
         self.key_room[:, :, self.length : self.length + n] = key_states
         self.value_room[:, :, self.length : self.length + n] = value_states
         self.length += n
-        self.keys, self.values = self.key_room[:, :, : self.length], self.value_room[:, :, : self.length]
+        self._views()
         return self.keys, self.values
+
+    def _views(self) -> None:
+        self.keys, self.values = self.key_room[:, :, : self.length], self.value_room[:, :, : self.length]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.key_room, self.value_room = self.key_room[indices], self.value_room[indices]
-        self.keys, self.values = self.key_room[:, :, : self.length], self.value_room[:, :, : self.length]
+        self._views()
+
+    @classmethod
+    def joined(cls, parts: list[RoomyLayer], wide: int, start: int, room: int) -> RoomyLayer:
+        """The rows of `parts` in one layer, each right-aligned on `wide` columns, the first `start` dropped,
+        with `room` free columns after. The masked columns before a row's own are zeros (a masked column's
+        value is still multiplied by its zero attention weight: it must be finite); the room is left
+        unwritten, so its memory pages are touched only as the rows fill it."""
+        layer = cls(room)
+        rooms = []
+        for name in ("key_room", "value_room"):
+            first_room = getattr(parts[0], name)
+            rows = sum(getattr(part, name).shape[0] for part in parts)
+            _, heads, _, dim = first_room.shape
+            merged = first_room.new_empty(rows, heads, wide - start + room, dim)
+            row = 0
+            for part in parts:
+                source = getattr(part, name)
+                first = max(start - (wide - part.length), 0)  # the part's first column kept
+                at = wide - part.length + first - start  # and where it goes
+                block = slice(row, row + source.shape[0])
+                merged[block, :, :at] = 0
+                merged[block, :, at : wide - start] = source[:, :, first : part.length]
+                row += source.shape[0]
+            rooms.append(merged)
+        layer.lazy_initialization(rooms[0], rooms[1])
+        layer.key_room, layer.value_room = rooms
+        layer.length = wide - start
+        layer._views()
+        return layer

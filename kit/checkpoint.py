@@ -12,15 +12,13 @@ of fit (its fsspec transaction renames a temporary file but never fsyncs it).
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from kit.atomic import fsync_replace
-from kit.errors import UsageError, first_line
+from kit.atomic import fsync_replace, load_verified
+from kit.errors import UsageError
 from kit.loop import FederatedLoop
 
 LAST = "last.ckpt"
@@ -51,11 +49,7 @@ class RoundCheckpoint(Checkpoint):
 
 
 def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
-    """A fedkseed checkpoint, verified whole: a missing, truncated or corrupt file raises UsageError.
-
-    torch.load does not check the zip members' CRC-32 (a flipped byte loads silently), so every
-    member is checked with `zipfile` first; then the file must hold the federated loop's state.
-    """
+    """A fedkseed checkpoint, verified whole: a missing, truncated or corrupt file raises UsageError."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(
@@ -63,16 +57,7 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
             f"or leave {flag} out to start afresh"
         )
     fix = f"resume from an intact copy or leave {flag} out to start afresh"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            raise UsageError(f"{flag} {path} is corrupt (checksum mismatch in {bad!r}); {fix}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UsageError:
-        raise
-    except Exception as e:  # zipfile.BadZipFile, torch's PytorchStreamReader errors, unpickling errors
-        raise UsageError(f"{flag} {path} is truncated or corrupt ({first_line(e)}); {fix}") from None
+    state = load_verified(path, flag, fix)
     loop = state.get("callbacks", {}).get(LOOP_STATE_KEY) if isinstance(state, dict) else None
     if not isinstance(loop, dict) or "rounds_done" not in loop:
         raise UsageError(f"{flag} {path} is not a fedkseed checkpoint (no federated-loop state); {fix}")

@@ -118,10 +118,13 @@ class FedKSeedModule(pl.LightningModule):
         first = max(int(labelled[0]) if labelled.numel() else labels.shape[1] - 1, 1)
         return labels.shape[1] - first + 1
 
-    def _forward(self, batch: dict, keep: int):
+    def _forward(self, batch: dict, keep: int, **kwargs):
         with self._autocast():
             return self.net(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=keep,
+                **kwargs,
             )
 
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +153,7 @@ class FedKSeedModule(pl.LightningModule):
         labels = batch["labels"]
         keep = self._response_window(labels)
         with head_inputs(self.net) as captured:
-            self._forward(batch, keep)
+            self._forward(batch, keep, use_cache=False)  # no KV cache to build for the whole eval batch
         head = self.net.get_output_embeddings()
         return example_losses(
             captured.hidden[:, :-1], labels[:, labels.shape[1] - keep + 1 :], head, self._autocast

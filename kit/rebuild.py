@@ -17,9 +17,9 @@ import inspect
 import json
 from pathlib import Path
 
-import torch
 import yaml
 
+from kit.checkpoint import LOOP_STATE_KEY, load_checkpoint
 from kit.identity import check_rebuilt, check_theta0, theta0_identity
 from kit.loop import FederatedLoop
 from kit.methods import build_method
@@ -40,9 +40,7 @@ def read_run(run_dir: str | Path, checkpoint: str | Path | None = None):
     hp = {**_defaults(FedKSeedModule), **config["model"]}
     hp["method"] = config.get("method", hp["method"])
     loop = FederatedLoop(**{k: v for k, v in config["fed"].items() if k in _defaults(FederatedLoop)})
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["callbacks"][
-        FederatedLoop.__qualname__
-    ]
+    state = load_checkpoint(ckpt_path, flag="--ckpt")["callbacks"][LOOP_STATE_KEY]
     return hp, loop.settings, state, ckpt_path
 
 

@@ -21,6 +21,7 @@ from kit.deploy.client_app import app as client_app
 from kit.deploy.local_grid import LocalGrid
 from kit.deploy.recipe import load_recipe, recipe_from_run_config
 from kit.deploy.strategy import FedKSeedStrategy
+from kit.errors import UsageError
 from kit.federation.catchup import MERGED, REPLAY, WEIGHTS, plan_catchup
 
 from .conftest import fed_args
@@ -110,6 +111,10 @@ def test_restarted_server_continues_from_its_checkpoint(tiny_model_dir, data_roo
     s = again.run(LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes"))
     assert s["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
     assert s["train_loss_per_round"] == GOLDEN["fedkseed-pro"]["train_loss_per_round"]
+    ckpt = tmp_path / "run" / "checkpoints" / "server.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:-50])  # e.g. a disk filled up while copying the run
+    with pytest.raises(UsageError, match=r"server checkpoint .*server\.pt is truncated or corrupt.*move"):
+        _strategy(rc, tmp_path / "run")
 
 
 def test_catchup_plan_picks_the_cheapest_allowed_way():

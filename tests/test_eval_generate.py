@@ -1,13 +1,13 @@
-"""Batched greedy generation on the real SmolLM2 gives what one-prompt-at-a-time generation gives; batches
-are planned longest first within the row and padded-token limits."""
+"""Batched greedy generation gives what one-prompt-at-a-time generation gives (the real SmolLM2, a tiny
+Llama): rows that end leave the batch, new prompts join it, and the batch stays within its row and cache
+limits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BatchEncoding
 
-from eval.generate import cache_token_budget, generate_batched, greedy, plan_batches
+from eval.generate import RoomyLayer, cache_token_budget, generate_batched, greedy_stream
 from kit.data.prompts import dolly_prompt
 from kit.models import load_model, load_tokenizer
 
@@ -60,7 +60,7 @@ def test_prompts_have_clearly_different_lengths(model_and_tokenizer) -> None:
 @pytest.mark.slow
 def test_batched_generation_matches_one_at_a_time(model_and_tokenizer, one_at_a_time) -> None:
     model, tokenizer = model_and_tokenizer
-    # two left-padded batches of three (the 1-token prompt padded to ~40 tokens), put back in input order
+    # at most three rows at once: prompts join as rows end; outputs put back in input order
     batched = generate_batched(model, tokenizer, PROMPTS, max_new_tokens=MAX_NEW_TOKENS, batch_size=3)
     assert batched == one_at_a_time
     assert any(batched)  # the comparison is not vacuous
@@ -68,20 +68,6 @@ def test_batched_generation_matches_one_at_a_time(model_and_tokenizer, one_at_a_
 
 def test_no_prompts_no_outputs() -> None:
     assert generate_batched(None, None, []) == []
-
-
-def test_plan_batches_longest_first_within_row_and_token_limits() -> None:
-    lengths = [10, 600, 20, 300, 30, 5, 250]
-    batches = plan_batches(lengths, [0, 1, 2, 3, 4, 5, 6], batch_size=3, max_tokens=768)
-    assert batches == [[1], [3, 6], [4, 2, 0], [5]]
-    assert plan_batches(lengths, [0, 2, 5], batch_size=3, max_tokens=768) == [[2, 0, 5]]  # only these
-    # the new tokens count: rows x (longest prompt + 100) <= 768
-    assert plan_batches(lengths, [0, 2, 4, 5], 4, 768, new_tokens=100) == [[4, 2, 0, 5]]
-    assert plan_batches(lengths, [3, 6, 4], 4, 768, new_tokens=100) == [[3], [6, 4]]
-
-
-def test_plan_batches_gives_a_too_long_prompt_its_own_batch() -> None:
-    assert plan_batches([5000, 10], [0, 1], batch_size=2, max_tokens=512) == [[0], [1]]
 
 
 def test_cache_token_budget_is_the_share_of_the_weights_bytes(tiny_model) -> None:
@@ -99,35 +85,77 @@ def _alone(model, ids: list[int], max_new_tokens: int, eos: int | None) -> list[
     return new[: new.index(eos) + 1] if eos in new else new
 
 
+def _forwards(model, prompts, max_new_tokens, eos, max_rows, max_tokens):
+    """greedy_stream's results by prompt, and (rows, attention mask width, prefill?) of every forward."""
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(
+            (*kw["attention_mask"].shape, kw["input_ids"].shape[1] == kw["attention_mask"].shape[1])
+        ),
+        with_kwargs=True,
+    )
+    try:
+        got = dict(greedy_stream(model, prompts, max_new_tokens, [eos], max_rows, max_tokens))
+    finally:
+        hook.remove()
+    return [got[i] for i in range(len(prompts))], shapes
+
+
 def test_greedy_drops_finished_rows_and_matches_each_prompt_alone(tiny_model) -> None:
     prompts = [[5, 9, 14, 3, 77, 21, 8], [40, 41], [100, 7, 7, 12], [3, 60, 90, 91, 92]]
     free = [_alone(tiny_model, p, 12, None) for p in prompts]
     eos = free[1][2]  # a token row 1 emits third: row 1 ends early, the batch goes on without it
     expected = [_alone(tiny_model, p, 12, eos) for p in prompts]
     assert len({len(e) for e in expected}) > 1  # rows end at different steps
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])  # left padding
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    rows_per_forward = []
-    hook = tiny_model.register_forward_pre_hook(
-        lambda _m, _a, kw: rows_per_forward.append(kw["input_ids"].shape[0]), with_kwargs=True
-    )
-    try:
-        got = greedy(tiny_model, ids, mask, 12, [eos])
-    finally:
-        hook.remove()
+    got, shapes = _forwards(tiny_model, prompts, 12, eos, max_rows=4, max_tokens=10_000)
     assert got == expected
-    assert rows_per_forward[0] == 4 and rows_per_forward[-1] == sum(len(e) == 12 for e in expected)
-    assert rows_per_forward == sorted(rows_per_forward, reverse=True)
-    assert len(rows_per_forward) == max(map(len, expected))  # prefill + one forward per further token
+    assert [(rows, prefill) for rows, _, prefill in shapes[:4]] == [(1, True)] * 4  # each prompt alone
+    decoding = [rows for rows, _, prefill in shapes[4:] if not prefill]
+    assert len(decoding) == len(shapes) - 4  # no prompt left to join
+    assert decoding[0] == 4 and decoding[-1] == sum(len(e) == 12 for e in expected)
+    assert decoding == sorted(decoding, reverse=True)  # rows that end leave the batch
+    assert len(decoding) == max(map(len, expected)) - 1  # one forward per further token
+
+
+def test_prompts_join_the_batch_as_rows_end_within_its_limits(tiny_model) -> None:
+    """Eight prompts through at most 3 rows and 3 x 30 cache positions: each gets its tokens alone."""
+    prompts = [[5, 9, 14, 3, 77, 21, 8, 4, 4, 60], [40, 41], [100, 7, 7, 12], [3, 60, 90, 91, 92]]
+    prompts += [[11, 12, 13], [99, 98, 97, 96, 95, 94], [7], [50, 51, 52, 53, 54, 55, 56, 57]]
+    eos = _alone(tiny_model, prompts[1], 12, None)[1]
+    expected = [_alone(tiny_model, p, 12, eos) for p in prompts]
+    assert len({len(e) for e in expected}) > 2
+    got, shapes = _forwards(tiny_model, prompts, 12, eos, max_rows=3, max_tokens=3 * 30)
+    assert got == expected
+    assert max(rows for rows, _, _ in shapes) == 3
+    assert all(rows * width <= 3 * 30 for rows, width, _ in shapes)
+    prefills = [k for k, (_, _, prefill) in enumerate(shapes) if prefill]
+    assert prefills[0] == 0 and len(prefills) > 1 and any(not shapes[k - 1][2] for k in prefills[1:])
+    assert len(shapes) < sum(map(len, expected))  # fewer forwards than one prompt at a time
+
+
+def test_a_prompt_too_long_for_the_budget_runs_alone(tiny_model) -> None:
+    prompts = [[5, 9, 14, 3, 77, 21, 8, 4, 4, 60, 61, 62], [40, 41]]
+    expected = [_alone(tiny_model, p, 4, None) for p in prompts]
+    got, shapes = _forwards(tiny_model, prompts, 4, -1, max_rows=2, max_tokens=8)
+    assert got == expected and max(rows for rows, _, _ in shapes) == 1
+
+
+def test_joined_cache_keeps_each_rows_keys_right_aligned_and_zeros_between() -> None:
+    old, new = RoomyLayer(0), RoomyLayer(0)
+    old.update(torch.arange(1.0, 7.0).view(1, 1, 6, 1), torch.arange(1.0, 7.0).view(1, 1, 6, 1))
+    new.update(torch.tensor([[[[7.0], [8.0]]], [[[9.0], [10.0]]]]), torch.ones(2, 1, 2, 1))
+    joined = RoomyLayer.joined([old, new], wide=6, start=1, room=3)  # column 0 is masked for every row
+    assert joined.keys[:, 0, :, 0].tolist() == [[2, 3, 4, 5, 6], [0, 0, 0, 7, 8], [0, 0, 0, 9, 10]]
+    assert joined.values[:, 0, :, 0].tolist() == [[2, 3, 4, 5, 6], [0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
+    assert joined.key_room.shape[-2] == 5 + 3 and joined.get_seq_length() == 5
+    joined.update(torch.full((3, 1, 1, 1), 11.0), torch.full((3, 1, 1, 1), 11.0))  # the next step's column
+    assert joined.keys[:, 0, -1, 0].tolist() == [11, 11, 11] and joined.get_seq_length() == 6
 
 
 def test_greedy_stops_when_every_row_has_ended(tiny_model) -> None:
     prompt = [5, 9, 14]
     first = _alone(tiny_model, prompt, 1, None)[0]
-    assert greedy(tiny_model, torch.tensor([prompt]), torch.ones(1, 3, dtype=torch.long), 50, [first]) == [
-        [first]
-    ]
+    assert list(greedy_stream(tiny_model, [prompt], 50, [first], 1, 100)) == [(0, [first])]
 
 
 @pytest.mark.parametrize("adapter", ["prompt_tuning", "p_tuning"])
@@ -135,8 +163,6 @@ def test_prompt_learning_generation_matches_greedy_through_peft_forward(tiny_mod
     """FedPrompt/FedPTuning models generate what greedy decoding through peft's own (uncached) forward
     gives, prompts of different lengths batched with left padding."""
     from peft import PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
-
-    from eval.generate import _generate
 
     if adapter == "prompt_tuning":
         config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5)
@@ -150,20 +176,16 @@ def test_prompt_learning_generation_matches_greedy_through_peft_forward(tiny_mod
     class Ids:  # a tokenizer over raw token ids: "3 17 9" <-> [3, 17, 9]
         pad_token_id, eos_token_id = 0, 2
 
-        def __call__(self, texts, return_tensors, padding, padding_side):
-            rows = [[int(t) for t in text.split()] for text in texts]
-            width = max(map(len, rows))
-            ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-            return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+        def __call__(self, texts):
+            return {"input_ids": [[int(t) for t in text.split()] for text in texts]}
 
-        def batch_decode(self, tokens, skip_special_tokens):
-            return [" ".join(str(int(t)) for t in row) for row in tokens]
+        def decode(self, tokens, skip_special_tokens):
+            return " ".join(str(int(t)) for t in tokens)
 
     prompts, new = ["5 9 33 71 12 8 40", "7 3"], 6
     model.generation_config.eos_token_id = 127  # a token these rows never emit: all run to `new`
     with torch.inference_mode():
-        batched = _generate(model, Ids(), prompts, new)
+        batched = generate_batched(model, Ids(), prompts, max_new_tokens=new, progress=False)
         expected = []
         for prompt in prompts:
             ids = torch.tensor([[int(t) for t in prompt.split()]])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from kit.compare.grid import GridError, load_grid
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     title = f"{Path(args.config).stem}: {len(cells)} runs"
     if args.wandb:
-        cells = [type(c)(c.scenario, c.method, c.seed, (*c.argv, "--wandb", "true")) for c in cells]
+        cells = [replace(c, argv=(*c.argv, "--wandb", "true")) for c in cells]
     if args.dry_run:
         for cell in cells:
             print(cell.name, "fedkseed fit", " ".join(cell.argv))

@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from kit.atomic import fsync_replace, load_verified
 from kit.deploy.recipe import Recipe
 from kit.deploy.wire import flower_bytes
 from kit.federation.catchup import WEIGHTS, plan_catchup
@@ -326,7 +327,7 @@ class FedKSeedStrategy(Strategy):
         return self.write_summary()
 
     def save_checkpoint(self) -> None:
-        """The seed history and the per-round records, written atomically (temp + os.replace)."""
+        """The seed history and the per-round records, written atomically (temp + fsync + rename)."""
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "method": self.method.name,
@@ -337,10 +338,11 @@ class FedKSeedStrategy(Strategy):
         }
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save(state, tmp)
-        os.replace(tmp, self.ckpt)
+        fsync_replace(tmp, self.ckpt)
 
     def _load_checkpoint(self) -> None:
-        state = torch.load(self.ckpt, map_location="cpu", weights_only=True)
+        fix = f"restore it from a copy, or move {self.run_dir} away to start the federation afresh"
+        state = load_verified(self.ckpt, "server checkpoint", fix)
         if state["method"] != self.method.name:
             raise ValueError(
                 f"{self.ckpt} is of a {state['method']!r} run, this recipe is {self.method.name!r}"
