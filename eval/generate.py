@@ -24,6 +24,8 @@ from accelerate.utils import find_executable_batch_size
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
+from kit.heap import release_free_memory
+
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 64
 CACHE_SHARE = (
@@ -54,6 +56,7 @@ def generate_batched(
     """
     if not prompts:
         return []
+    release_free_memory()  # the KV cache then grows from the live memory, not on top of freed pages
     encoded = tokenizer(prompts)["input_ids"]
     outputs: list[str | None] = [None] * len(prompts)
     size = batch_size or (CPU_BATCH_SIZE if model.device.type == "cpu" else GPU_BATCH_SIZE)
@@ -318,8 +321,17 @@ class RoomyLayer(DynamicLayer):
         self.keys, self.values = self.key_room[:, :, : self.length], self.value_room[:, :, : self.length]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.key_room, self.value_room = self.key_room[indices], self.value_room[indices]
+        """Keep rows `indices`: their filled columns are copied into new rooms, whose free columns stay
+        unwritten (indexing the whole room would copy, and so touch, every page of it)."""
+        self.key_room, self.value_room = (
+            self._select(room, indices) for room in (self.key_room, self.value_room)
+        )
         self._views()
+
+    def _select(self, room: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        kept = room.new_empty(len(indices), *room.shape[1:])
+        kept[:, :, : self.length] = room[indices, :, : self.length]
+        return kept
 
     @classmethod
     def joined(cls, parts: list[RoomyLayer], wide: int, start: int, room: int) -> RoomyLayer:

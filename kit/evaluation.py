@@ -13,6 +13,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from kit.heap import release_free_memory
+
 
 @contextmanager
 def eval_mode(net: torch.nn.Module):
@@ -35,6 +37,7 @@ def exact_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def eval_loss(trainer: pl.Trainer, pl_module, batch_size: int) -> float:
     """Mean per-example response loss on the held-out set, batches split over processes."""
+    release_free_memory()
     loader = trainer.datamodule.eval_dataloader(batch_size)
     losses = torch.zeros(len(loader.dataset), dtype=torch.float64)
     start = 0

@@ -25,7 +25,7 @@ from kit.errors import UsageError
 from kit.federation.catchup import MERGED, REPLAY, WEIGHTS, plan_catchup
 
 from .conftest import fed_args
-from .test_golden_run import GOLDEN
+from .test_golden_run import golden
 
 
 def _run_config(model_dir, data_root, tmp_path, rounds: int = 2) -> dict:
@@ -61,10 +61,10 @@ def test_flower_run_equals_the_lightning_run(tiny_model_dir, data_root, tmp_path
     rc = _run_config(tiny_model_dir, data_root, tmp_path)
     grid = LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
     s = _strategy(rc, tmp_path / "run").run(grid)
-    golden = GOLDEN["fedkseed-pro"]
-    assert s["global_weights_sha256"] == golden["global_weights_sha256"]
-    assert s["train_loss_per_round"] == golden["train_loss_per_round"]
-    assert s["eval_loss_per_round"] == golden["eval_loss_per_round"]
+    expected = golden("fedkseed-pro")
+    assert s["global_weights_sha256"] == expected["global_weights_sha256"]
+    assert s["train_loss_per_round"] == expected["train_loss_per_round"]
+    assert s["eval_loss_per_round"] == expected["eval_loss_per_round"]
     assert s["replica_digest_mismatches"] == 0 and all(r["eval_replica_digest_ok"] for r in s["per_round"])
     # bytes on the wire: the kit's payload and Flower's whole message, both far under the paper's 18 KB
     assert 0 < s["uplink_payload_bytes_max"] < s["uplink_flower_bytes_max"] < s["paper_claim_bytes"]
@@ -76,7 +76,7 @@ def test_weights_download_when_cheaper_is_bit_identical(tiny_model_dir, data_roo
     grid = LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
     s = _strategy(rc, tmp_path / "run", bandwidth=1e15).run(grid)
     assert "weights" in s["per_round"][1]["syncs"]
-    assert s["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
+    assert s["global_weights_sha256"] == golden("fedkseed-pro")["global_weights_sha256"]
     assert s["replica_digest_mismatches"] == 0
 
 
@@ -109,8 +109,8 @@ def test_restarted_server_continues_from_its_checkpoint(tiny_model_dir, data_roo
     again = _strategy(rc, tmp_path / "run")  # a new server process: state from the checkpoint only
     assert again.rounds_done == 1
     s = again.run(LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes"))
-    assert s["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
-    assert s["train_loss_per_round"] == GOLDEN["fedkseed-pro"]["train_loss_per_round"]
+    assert s["global_weights_sha256"] == golden("fedkseed-pro")["global_weights_sha256"]
+    assert s["train_loss_per_round"] == golden("fedkseed-pro")["train_loss_per_round"]
     ckpt = tmp_path / "run" / "checkpoints" / "server.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:-50])  # e.g. a disk filled up while copying the run
     with pytest.raises(UsageError, match=r"server checkpoint .*server\.pt is truncated or corrupt.*move"):
@@ -143,10 +143,10 @@ def test_flower_simulation_equals_the_lightning_run(tiny_model_dir, data_root, t
         pytest.skip(why)
     rc = {**_run_config(tiny_model_dir, data_root, tmp_path), "run-dir": str(tmp_path / "sim")}
     s = simulate(rc, num_nodes=3)
-    golden = GOLDEN["fedkseed-pro"]
-    assert s["global_weights_sha256"] == golden["global_weights_sha256"]
-    assert s["train_loss_per_round"] == golden["train_loss_per_round"]
-    assert s["eval_loss_per_round"] == golden["eval_loss_per_round"]
+    expected = golden("fedkseed-pro")
+    assert s["global_weights_sha256"] == expected["global_weights_sha256"]
+    assert s["train_loss_per_round"] == expected["train_loss_per_round"]
+    assert s["eval_loss_per_round"] == expected["eval_loss_per_round"]
     assert s["replica_digest_mismatches"] == 0 and len(s["nodes"]) == 3
 
 
@@ -222,8 +222,8 @@ def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, da
         submit(2)
         s2 = dep.wait_summary(rounds=2, timeout=900)
         assert s2["resumed_at"] == [1]
-        assert s2["global_weights_sha256"] == GOLDEN["fedkseed-pro"]["global_weights_sha256"]
-        assert s2["train_loss_per_round"] == GOLDEN["fedkseed-pro"]["train_loss_per_round"]
+        assert s2["global_weights_sha256"] == golden("fedkseed-pro")["global_weights_sha256"]
+        assert s2["train_loss_per_round"] == golden("fedkseed-pro")["train_loss_per_round"]
         assert s2["replica_digest_mismatches"] == 0
 
         # 2) a SuperNode killed mid-round 3: the node of a round-3 client that has a round-4 client too
