@@ -3,6 +3,7 @@
     python benchmarks/eval_batched.py                             # 32 prompts, 128 new tokens
     python benchmarks/eval_batched.py --n 114 --cache-share 0.25 0.5 1   # the issue's 114 prompts, 3 budgets
     python benchmarks/eval_batched.py --n 8 --max-new-tokens 16   # a quick look
+    python benchmarks/eval_batched.py --n 114 --decode-rows 1 4 8 16 32   # and what more rows would give
 
 Both run in one process on the real SmolLM2-135M, greedy, the same prompts (half NI test tasks, half Dolly
 held-out) and the same `max_new_tokens`. The loop mirrors the reference (`evaluations.py`): `generate` on one
@@ -16,6 +17,9 @@ per value, one line each, against the same timed loop; `peak_rise_bytes` is the 
 during that batched run over the peak before it (runs with larger budgets come later, so each line's rise
 is over the earlier runs' peak: read it as "this budget needed that much more"). The JSON also reports the
 thread count and the load average before and after: on a CPU shared with other processes the timings move.
+`--decode-rows R..` adds a line with one decode step's time at R rows over the prompts' mean length plus
+half the new tokens, and the speedup the loop's time allows if every step had R rows
+(`speedup_if_every_step_had_rows`: the loop's seconds over the prefill's plus the new tokens' at that cost).
 Data root: --data-root, else $FEDKSEED_DATA_ROOT, else ../shared/data next to the repo.
 """
 
@@ -26,11 +30,13 @@ import json
 import os
 import resource
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from transformers.cache_utils import Cache
 
-from eval.generate import CACHE_SHARE, cache_token_budget, generate_batched
+from eval.generate import CACHE_SHARE, RoomyLayer, cache_token_budget, generate_batched
 from eval.suites import build_suite
 from kit.models import load_model, load_tokenizer
 from kit.paths import DATA_ROOT_ENV
@@ -58,6 +64,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: generate_batched's")
     parser.add_argument(
         "--cache-share", type=float, nargs="+", default=[CACHE_SHARE], help="KV cache budgets to time"
+    )
+    parser.add_argument(
+        "--decode-rows", type=int, nargs="*", default=[], help="also time one decode step at these row counts"
     )
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_ROOT))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -111,6 +120,40 @@ def main() -> None:
             "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
         print(json.dumps(result), flush=True)
+    if args.decode_rows:
+        prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
+        context = round(prompt_tokens / len(prompts) + new_tokens / 2)
+        step_ms = {rows: decode_step_ms(model, rows, context) for rows in args.decode_rows}
+        bound = {rows: looped_s / (prefill_s + made / rows * ms / 1000) for rows, ms in step_ms.items()}
+        print(
+            json.dumps(
+                {
+                    "context": context,
+                    "decode_ms_per_step": step_ms,
+                    "decode_ms_per_token": {r: round(ms / r, 2) for r, ms in step_ms.items()},
+                    "speedup_if_every_step_had_rows": {r: round(b, 2) for r, b in bound.items()},
+                }
+            ),
+            flush=True,
+        )
+
+
+@torch.inference_mode()
+def decode_step_ms(model, rows: int, context: int, steps: int = 12) -> float:
+    """Median milliseconds of one greedy decode step of `rows` rows over `context` cached positions (random
+    token ids; the cost does not depend on their values), on generate.py's in-place cache."""
+    cache = Cache(layer_class_to_replicate=partial(RoomyLayer, steps))
+    ids = torch.randint(0, 1000, (rows, context), device=model.device)
+    mask = torch.ones_like(ids)
+    model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+    token, times = ids[:, -1:], []
+    for step in range(steps):
+        mask = torch.cat([mask, mask[:, :1]], dim=1)
+        inputs = {"input_ids": token, "attention_mask": mask, "cache": cache, "use_cache": True}
+        inputs["position_ids"] = torch.full((rows, 1), context + step, device=model.device)
+        seconds, _ = _timed(partial(model, **inputs))
+        times.append(seconds)
+    return round(sorted(times)[steps // 2] * 1000, 1)
 
 
 def _peak_rss() -> int:

@@ -134,6 +134,26 @@ def test_recipe_refuses_methods_flower_does_not_run(tmp_path):
         load_recipe([str(tmp_path / "missing.yaml")])
 
 
+def test_messages_for_one_node_wait_for_each_other(tiny_model_dir, data_root, tmp_path):
+    """A node's replica serves one message at a time: Ray's simulation may send two at once (two actors)."""
+    import threading
+
+    from kit.deploy.node_ops import handle, node_replica, replica_lock
+
+    rc = _run_config(tiny_model_dir, data_root, tmp_path)
+    node = {"partition-id": 0, "num-partitions": 3, "state-dir": str(tmp_path / "node"), "worker": False}
+    handle("query", rc, node, {})  # loads the model and the data: the evaluate below takes well under 1 s
+    request = {"sync": {"target": 0, "first": 1, "downlinks": [], "sync": REPLAY}}
+    events: list[str] = []
+    worker = threading.Thread(target=lambda: events.append(str(handle("evaluate", rc, node, request))))
+    with replica_lock(node_replica(rc, node).dir):  # another message is at work on this node
+        worker.start()
+        worker.join(timeout=3)
+        events.append("released")
+    worker.join(timeout=60)
+    assert events[0] == "released" and "replica-digest" in events[1]
+
+
 @pytest.mark.slow
 def test_flower_simulation_equals_the_lightning_run(tiny_model_dir, data_root, tmp_path):
     """Flower's own simulation runtime (Ray actors as SuperNodes): the golden digest and losses."""

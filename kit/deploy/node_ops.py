@@ -9,6 +9,11 @@ the ClientApp reads from and writes to Flower records), so the ClientApp process
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from kit.deploy.node_link import state_dir
 from kit.deploy.recipe import recipe_from_run_config
 from kit.deploy.replica import NodeReplica
@@ -28,16 +33,33 @@ def _sync(replica: NodeReplica, request: dict) -> dict:
     return replica.sync(int(s["target"]), int(s["first"]), list(s["downlinks"]), str(s["sync"]), weights)
 
 
+@contextmanager
+def replica_lock(directory: Path) -> Iterator[None]:
+    """One message at a time on a node's replica, across processes and threads (an exclusive `flock`).
+
+    A SuperNode's worker takes messages one by one, but Flower's Ray simulation can run two messages
+    for the same virtual node on two actors at once: both would sync and rewrite the same replica.
+    """
+    with open(directory / "replica.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
     """Run one message's work (`op`: train | evaluate | query) and return the reply's values."""
     replica = node_replica(run_config, node_config)
     if op == "train":  # sync to the previous round, then tau steps of the named client
-        synced = _sync(replica, request)
-        t = request["train"]
-        return {**replica.train(int(t["round"]), int(t["client"])), **synced}
+        with replica_lock(replica.dir):
+            synced = _sync(replica, request)
+            t = request["train"]
+            return {**replica.train(int(t["round"]), int(t["client"])), **synced}
     if op == "evaluate":  # sync to the round just aggregated, then the held-out loss
-        synced = _sync(replica, request)
-        return {**replica.eval_loss(), **synced}
+        with replica_lock(replica.dir):
+            synced = _sync(replica, request)
+            return {**replica.eval_loss(), **synced}
     if op == "query":
         return {
             "partition-id": replica.partition_id,

@@ -32,8 +32,14 @@ def ray_missing() -> str | None:
     return None
 
 
-def simulate(run_config: dict, num_nodes: int, cpus_per_node: float = 1.0) -> dict:
-    """Run the recipe of `run_config` (keys as kit/deploy/app) on `num_nodes` virtual SuperNodes."""
+def simulate(run_config: dict, num_nodes: int, cpus_per_node: float | None = None) -> dict:
+    """Run the recipe of `run_config` (keys as kit/deploy/app) on `num_nodes` virtual SuperNodes.
+
+    By default each ClientApp actor asks for every CPU: one message at a time, with as many torch threads
+    as a Lightning run or a SuperNode's worker has (Ray sets an actor's OMP_NUM_THREADS to its CPUs), so
+    the numbers are theirs bit for bit; a CPU matrix product splits its sums by thread count.
+    """
+    cpus = max(1, os.cpu_count() or 1)
     from flwr.simulation import run_simulation
 
     from kit.deploy.server_app import strategy_from_run_config
@@ -51,8 +57,8 @@ def simulate(run_config: dict, num_nodes: int, cpus_per_node: float = 1.0) -> di
 
     client_app = make_client_app(run_config, {"worker": False}, state_root=str(run_dir / "nodes"))
     backend = {
-        "client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},
-        "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False},
+        "client_resources": {"num_cpus": cpus_per_node or cpus, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "include_dashboard": False},
     }
     run_simulation(server_app, client_app, num_supernodes=num_nodes, backend_config=backend)
     summary = run_dir / "summary.json"
