@@ -19,6 +19,12 @@ from kit.cli import main
 
 from .conftest import fed_args
 
+PRO = {  # FedKSeed-Pro: the same on both vendors recorded
+    "global_weights_sha256": "3d5be874127609c23c5331ef6bad9fc3e34794ab0be58a64334dc75a8d81b635",
+    "train_loss_per_round": [10.77163807551066, 10.751359621683756],
+    "eval_loss_per_round": [10.797530710697174, 10.797990441322327],
+    "eval_loss_before": 10.798902809619904,
+}
 GOLDEN = {
     # AMD EPYC, recorded with the code before the methods refactor
     "AuthenticAMD": {
@@ -28,15 +34,10 @@ GOLDEN = {
             "eval_loss_per_round": [10.796428561210632, 10.797346234321594],
             "eval_loss_before": 10.798902809619904,
         },
-        "fedkseed-pro": {
-            "global_weights_sha256": "3d5be874127609c23c5331ef6bad9fc3e34794ab0be58a64334dc75a8d81b635",
-            "train_loss_per_round": [10.77163807551066, 10.751359621683756],
-            "eval_loss_per_round": [10.797530710697174, 10.797990441322327],
-            "eval_loss_before": 10.798902809619904,
-        },
+        "fedkseed-pro": PRO,
     },
     # Intel Xeon (torch CPU capability AVX512), 2026-12-03, recorded with bee7241, whose AMD numbers are
-    # the ones above; FedKSeed-Pro's are the same as on AMD
+    # the ones above
     "GenuineIntel": {
         "fedkseed": {
             "global_weights_sha256": "f8a3f47be66bd627d222dd583b0a5225109ee932cd4362e877463a3d14c28222",
@@ -44,12 +45,7 @@ GOLDEN = {
             "eval_loss_per_round": [10.796428442001343, 10.797346591949463],
             "eval_loss_before": 10.798902809619904,
         },
-        "fedkseed-pro": {
-            "global_weights_sha256": "3d5be874127609c23c5331ef6bad9fc3e34794ab0be58a64334dc75a8d81b635",
-            "train_loss_per_round": [10.77163807551066, 10.751359621683756],
-            "eval_loss_per_round": [10.797530710697174, 10.797990441322327],
-            "eval_loss_before": 10.798902809619904,
-        },
+        "fedkseed-pro": PRO,
     },
 }
 
