@@ -93,6 +93,7 @@ def main() -> None:
     looped_s, looped_ids = _timed(lambda: one_at_a_time(model, tokenizer, prompts, new_tokens))
     looped = [tokenizer.decode(ids, skip_special_tokens=True) for ids in looped_ids]
     made = sum(map(len, looped_ids))
+    prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
     prefill_s, _ = _timed(lambda: generate_batched(model, tokenizer, prompts, **options(1, CACHE_SHARE)))
     for share in args.cache_share:
         peak_before = _peak_rss()
@@ -103,11 +104,11 @@ def main() -> None:
             "n": len(prompts),
             "max_new_tokens": new_tokens,
             "new_tokens": made,
-            "prompt_tokens": sum(len(ids) for ids in tokenizer(prompts)["input_ids"]),
+            "prompt_tokens": prompt_tokens,
             "device": str(model.device),
             "threads": torch.get_num_threads(),
             "cache_share": share,
-            "cache_positions": options(1, share)["max_tokens"],
+            "cache_positions": cache_token_budget(model, share),
             "batched_s": round(batched_s, 2),
             "batch1_s": round(looped_s, 2),
             "batched_tok_per_s": round(made / batched_s, 2),
@@ -121,7 +122,6 @@ def main() -> None:
         }
         print(json.dumps(result), flush=True)
     if args.decode_rows:
-        prompt_tokens = sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
         context = round(prompt_tokens / len(prompts) + new_tokens / 2)
         step_ms = {rows: decode_step_ms(model, rows, context) for rows in args.decode_rows}
         bound = {rows: looped_s / (prefill_s + made / rows * ms / 1000) for rows, ms in step_ms.items()}

@@ -28,9 +28,8 @@ from kit.heap import release_free_memory
 
 CPU_BATCH_SIZE = 32
 GPU_BATCH_SIZE = 64
-CACHE_SHARE = (
-    0.25  # the batch's KV cache (prompts + new tokens) holds at most this share of the weights' bytes
-)
+# the batch's KV cache (prompts + new tokens) holds at most this share of the weights' bytes
+CACHE_SHARE = 0.25
 TOKENS_PER_ROW = 256  # without a readable KV shape: a batch holds batch_size * TOKENS_PER_ROW tokens
 REFILL_SHARE = 0.25  # new prompts join the batch once they would make up this share of its rows
 
@@ -165,7 +164,7 @@ def greedy_stream(
     if max_new_tokens < 1:
         yield from ((i, []) for i in range(len(prompts)))
         return
-    eos = torch.tensor(eos_ids)
+    eos = torch.tensor(eos_ids, device=model.device)
     extra = 0 if prefix is None else prefix([0]).shape[1]  # virtual tokens before every prompt
     lengths = [len(p) + extra for p in prompts]
     pending = deque(range(len(prompts)))
@@ -247,7 +246,7 @@ def _take(rows: Rows, token: torch.Tensor) -> None:
 
 def _finish(rows: Rows, eos: torch.Tensor, max_new_tokens: int) -> Iterator[tuple[int, list[int]]]:
     """Yield the rows that ended (EOS or `max_new_tokens`) and drop them from the batch and the cache."""
-    ended = torch.isin(rows.token, eos.to(rows.token.device)).tolist()
+    ended = torch.isin(rows.token, eos).tolist()
     ended = [e or len(new) == max_new_tokens for e, new in zip(ended, rows.new, strict=True)]
     if not any(ended):
         return

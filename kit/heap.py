@@ -4,7 +4,7 @@ glibc's malloc keeps memory freed by an earlier phase (loading the model, a trai
 loss's batches) resident for reuse, scattered between live blocks: a later phase that needs blocks of
 other sizes (the eval batch's activations, a KV cache) then raises the peak RSS on top of it. Measured
 on the quickstart (benchmarks/README.md): trimming before the eval loss and before generation lowered
-their peaks by 175 and 180 MiB. Elsewhere than glibc (macOS, musl) this does nothing.
+their peaks by 190 and 133 MiB. Elsewhere than glibc (macOS, musl) this does nothing.
 """
 
 from __future__ import annotations
