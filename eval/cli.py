@@ -1,7 +1,7 @@
 """Command line of the zero-shot eval: `python -m eval` and `fedkseed eval`.
 
 python -m eval --model smollm2-135m --suite ni --limit 20 --data-root ../shared/data --out runs/eval
-fedkseed eval --run runs/quickstart --suite dolly      # a run's final global model, rebuilt
+fedkseed eval --run runs/quickstart      # a run's final global model, rebuilt, on the run's held-out set
 fedkseed eval --run runs/x --ckpt runs/x/checkpoints/last.ckpt
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from eval.evaluate import evaluate
+from eval.run_settings import eval_settings
 from eval.suites import SUITES
 from kit.models import DTYPES, load_model, load_tokenizer
 from kit.paths import DATA_ROOT_ENV, data_root
@@ -31,18 +32,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--run",
         type=Path,
         default=None,
-        help="a run directory: evaluate its global model (rebuilt by replay)",
+        help="a run directory: evaluate its global model (rebuilt by replay) on the held-out set its loop "
+        "scored (the run's dataset, held-out category, eval_size, data seed and rouge_limit; an option "
+        "given here wins)",
     )
     add(
         "--ckpt", type=Path, default=None, help="with --run: this checkpoint instead of checkpoints/last.ckpt"
     )
     add("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
     add("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    add("--suite", action="append", choices=SUITES, help="suite to run; repeat for several (default: all)")
-    add("--data-root", default=None, help=f"folder of the data (default ${DATA_ROOT_ENV}, else the Hub)")
-    add("--limit", type=int, default=None, help="at most this many examples per suite, tasks taken in turn")
-    add("--dolly-size", type=_size, default=200, help="held-out Dolly sample size, or 'all'")
-    add("--seed", type=int, default=42, help="seed of the eval samples")
+    # defaults: the run's with --run, else eval.run_settings.STANDALONE (unset options stay off `args`)
+    unset = argparse.SUPPRESS
+    add("--suite", action="append", choices=SUITES, default=unset, help="suite to run; repeat for several")
+    add("--data-root", default=unset, help=f"folder of the data (default ${DATA_ROOT_ENV}, else the Hub)")
+    add("--limit", type=int, default=unset, help="at most this many examples per suite, tasks in turn")
+    add("--dolly-size", type=_size, default=unset, help="held-out Dolly sample size, or 'all' (200)")
+    add("--heldout-category", default=unset, help="held-out Dolly category (summarization)")
+    add("--seed", type=int, default=unset, help="seed of the eval samples (42)")
     add("--max-new-tokens", type=int, default=128, help="generated tokens per example, at most")
     add("--batch-size", type=int, default=None, help="first generation batch size tried (halved on OOM)")
     add("--out", type=Path, default=None, help="folder for generations_<suite>.jsonl and rouge_<suite>.json")
@@ -59,22 +65,34 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict]:
         model, tokenizer = load_run_model(args.run, args.ckpt, device)
     else:
         model, tokenizer = load_model(args.model, args.dtype, device), load_tokenizer(args.model)
+    names = {"suite": "suites", "data_root": "data_root", "limit": "limit", "dolly_size": "dolly_size"}
+    names |= {"heldout_category": "heldout_category", "seed": "seed"}
+    given = {key: getattr(args, option) for option, key in names.items() if hasattr(args, option)}
+    settings = eval_settings(args.run, given)
     results = evaluate(
         model,
         tokenizer,
-        args.suite or SUITES,
-        data_root=data_root(args.data_root),
-        limit=args.limit,
-        seed=args.seed,
+        settings["suites"],
+        data_root=data_root(settings["data_root"]),
+        limit=settings["limit"],
+        seed=settings["seed"],
         out_dir=args.out,
-        dolly_size=args.dolly_size,
+        dolly_size=settings["dolly_size"],
+        heldout_category=settings["heldout_category"],
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    for name, result in results.items():
-        print(f"[eval] {name}: Rouge-L {result['rougeL']:.2f} over {result['n']} examples", flush=True)
-    print(json.dumps({name: {"rougeL": r["rougeL"], "n": r["n"]} for name, r in results.items()}), flush=True)
+    keys = ("rougeL", "rougeL_paper", "rougeL_paper_recursion_errors", "n")
+    for name, r in results.items():
+        errors = r["rougeL_paper_recursion_errors"]
+        overflow = f", {errors} scored 0 on its RecursionError" if errors else ""
+        print(
+            f"[eval] {name}: Rouge-L {r['rougeL']:.2f} (paper's scorer {r['rougeL_paper']:.2f}{overflow}) "
+            f"over {r['n']} examples",
+            flush=True,
+        )
+    print(json.dumps({name: {k: r[k] for k in keys} for name, r in results.items()}), flush=True)
     return results
 
 

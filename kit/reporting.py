@@ -36,10 +36,12 @@ class RunReporter:
             "downlink_bytes": [],
             "skipped_steps": [],
             "rougeL": [],
+            "rougeL_paper": [],
             "faults": [],  # per round: missing (dropped, late) and rejected clients
         }
         self.eval_loss_before: float | None = None
         self.rouge: dict[str, float] = {}
+        self.rouge_paper: dict[str, dict] = {}  # per suite: the paper scorer's mean and its overflow count
         self.step_times: list[float] = []
         self.t0 = time.perf_counter()
 
@@ -79,10 +81,17 @@ class RunReporter:
         }
 
     def record_rouge(self, server_round: int, results: dict[str, dict]) -> dict[str, float]:
-        """Keep the round's Rouge-L per suite; returns the logger metrics."""
+        """Keep the round's Rouge-L per suite (both scorers); returns the logger metrics."""
         self.rouge = {name: r["rougeL"] for name, r in results.items()}
+        keys = ("rougeL_paper", "rougeL_paper_recursion_errors")
+        self.rouge_paper = {name: {k: r[k] for k in keys} for name, r in results.items()}
+        paper = {name: r["rougeL_paper"] for name, r in results.items()}
         self.history["rougeL"].append({"round": server_round, **self.rouge})
-        return {f"eval/rougeL_{name}": score for name, score in self.rouge.items()}
+        self.history["rougeL_paper"].append({"round": server_round, **paper})
+        return {
+            **{f"eval/rougeL_{name}": score for name, score in self.rouge.items()},
+            **{f"eval/rougeL_paper_{name}": score for name, score in paper.items()},
+        }
 
     def last_eval_loss(self) -> float:
         """The last measured eval loss (for progress bars on rounds without an eval)."""
@@ -124,7 +133,13 @@ class RunReporter:
             },
             "rounds_without_update": sum(1 for f in h["faults"] if f["aggregated"] == 0),
             "rougeL": self.rouge or None,
+            "rougeL_paper": {k: v["rougeL_paper"] for k, v in self.rouge_paper.items()} or None,
+            "rougeL_paper_recursion_errors": {
+                k: v["rougeL_paper_recursion_errors"] for k, v in self.rouge_paper.items()
+            }
+            or None,
             "rougeL_per_round": h["rougeL"],
+            "rougeL_paper_per_round": h["rougeL_paper"],
             "wall_time_s": time.perf_counter() - self.t0,
             "mean_step_time_s": float(np.mean(self.step_times)) if self.step_times else None,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -140,25 +155,32 @@ class RunReporter:
         return summary
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "eval_loss_before": self.eval_loss_before, "rouge": self.rouge}
+        return {
+            "history": self.history,
+            "eval_loss_before": self.eval_loss_before,
+            "rouge": self.rouge,
+            "rouge_paper": self.rouge_paper,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {**self.history, **state["history"]}
         self.eval_loss_before = state["eval_loss_before"]
         self.rouge = state["rouge"]
+        self.rouge_paper = state.get("rouge_paper", {})  # checkpoints from before the paper's scorer
 
 
 def log_rouge_tables(trainer: pl.Trainer, results: dict, out_dir: Path) -> None:
     """W&B tables of per-task Rouge-L and the first generations of each suite (when W&B is on)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    columns = ["task", "prompt", "reference", "prediction", "rougeL"]
+    columns = ["task", "prompt", "reference", "prediction", "rougeL", "rougeL_paper"]
+    per_task = ["task", "rougeL", "rougeL_paper", "rougeL_paper_recursion_errors", "n"]
     for logger in trainer.loggers:
         if not isinstance(logger, WandbLogger):
             continue
         for name, result in results.items():
-            rows = [[task, r["rougeL"], r["n"]] for task, r in sorted(result["per_task"].items())]
-            logger.log_table(f"rougeL/{name}_per_task", columns=["task", "rougeL", "n"], data=rows)
+            rows = [[task, *(r[c] for c in per_task[1:])] for task, r in sorted(result["per_task"].items())]
+            logger.log_table(f"rougeL/{name}_per_task", columns=per_task, data=rows)
             lines = (out_dir / f"generations_{name}.jsonl").read_text().splitlines()[:32]
             gens = [json.loads(line) for line in lines]
             logger.log_table(
@@ -174,6 +196,7 @@ HEADLINE = (
     "eval_loss_before",
     "eval_loss_after",
     "rougeL",
+    "rougeL_paper",
     "wall_time_s",
 )
 

@@ -128,3 +128,23 @@ def rouge_from_generations(path: Path) -> float:
         for r in rows
     ]
     return 100.0 * sum(scores) / len(scores)
+
+
+def paper_rouge_from_generations(path: Path) -> float:
+    """Rouge-L (0-100) of a generations file re-scored as the reference's `evaluations.py` scores,
+    independently of `eval.rouge`: pltrdy `Rouge().get_scores([hyp], [ref])[0]["rouge-l"]["f"]`, 0 for an
+    empty prediction or a ValueError, mean over examples."""
+    import json
+
+    from rouge import Rouge
+
+    def score(hyp: str, ref: str) -> float:
+        if len(hyp) == 0:
+            return 0.0
+        try:
+            return Rouge().get_scores([hyp], [ref])[0]["rouge-l"]["f"]
+        except ValueError:
+            return 0.0
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return 100.0 * sum(score(r["prediction"], r["reference"]) for r in rows) / len(rows)

@@ -12,7 +12,7 @@ import pytest
 
 from kit.cli import main
 
-from .conftest import REPO, rouge_from_generations
+from .conftest import REPO, paper_rouge_from_generations, rouge_from_generations
 from .conftest import fed_args as _args
 
 
@@ -34,6 +34,10 @@ def test_run_writes_config_metrics_checkpoint_and_summary(tiny_model_dir, data_r
     generations = run / "eval" / "round_2" / "generations_ni.jsonl"
     assert len(generations.read_text().splitlines()) == 9
     assert s["rougeL"]["ni"] == pytest.approx(rouge_from_generations(generations), rel=1e-12, abs=1e-12)
+    paper = paper_rouge_from_generations(generations)  # the same generations, the paper's scorer
+    assert s["rougeL_paper"]["ni"] == pytest.approx(paper, rel=1e-12, abs=1e-12)
+    assert s["rougeL_paper_recursion_errors"] == {"ni": 0}
+    assert s["rougeL_paper_per_round"] == [{"round": 2, "ni": s["rougeL_paper"]["ni"]}]
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and ckpt.stat().st_size < 200_000  # seed history, not weights
