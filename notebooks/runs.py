@@ -117,19 +117,26 @@ def model_name(run: Mapping) -> str:
     return str(_get(run["config"], "model.model", "?")).rstrip("/").split("/")[-1]
 
 
-def rouge_l(run: Mapping) -> dict[str, float]:
-    """Final Rouge-L (0-100) per suite: summary.json's `rougeL`, else the last `eval/rougeL_*` values."""
-    found = run["summary"].get("rougeL") or {}
-    out = {k: (v.get("rougeL") if isinstance(v, Mapping) else v) for k, v in found.items()}
+def rouge_l(run: Mapping, scorer: str = "rougeL") -> dict[str, float]:
+    """Final Rouge-L (0-100) per suite: summary.json's `rougeL`, else the last `eval/rougeL_*` values.
+
+    `scorer="rougeL_paper"`: the paper's scorer (pltrdy, eval/rouge.py) on the same generations.
+    """
+    found = run["summary"].get(scorer) or {}
+    out = {k: (v.get(scorer) if isinstance(v, Mapping) else v) for k, v in found.items()}
+    prefix = f"eval/{scorer}_"
     for col in run["metrics"].columns:
-        suite = col.removeprefix("eval/rougeL_")
-        if col.startswith("eval/rougeL_") and out.get(suite) is None and run["metrics"][col].notna().any():
+        suite = col.removeprefix(prefix)
+        if scorer == "rougeL" and suite.startswith("paper_"):
+            continue  # eval/rougeL_paper_<suite> is the other scorer's
+        if col.startswith(prefix) and out.get(suite) is None and run["metrics"][col].notna().any():
             out[suite] = float(run["metrics"][col].dropna().iloc[-1])
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
 def comparison_table(runs: Iterable[Mapping]) -> pd.DataFrame:
-    """One row per run: method, scenario, model, K, rounds, losses, Rouge-L, bytes per client-round."""
+    """One row per run: method, scenario, model, K, rounds, losses, Rouge-L (both scorers: `Rouge-L
+    <suite>` is rouge-score's, `Rouge-L (paper) <suite>` pltrdy's), bytes per client-round."""
     rows = []
     for run in runs:
         s = run["summary"]
@@ -148,6 +155,7 @@ def comparison_table(runs: Iterable[Mapping]) -> pd.DataFrame:
                 "uplink B/client-round (max)": up.get("max"),
                 "downlink B/round": s.get("downlink_bytes_per_round"),
                 **{f"Rouge-L {suite}": v for suite, v in rouge_l(run).items()},
+                **{f"Rouge-L (paper) {suite}": v for suite, v in rouge_l(run, "rougeL_paper").items()},
             }
         )
     if not rows:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kit.compare.grid import GridError, load_grid
-from kit.compare.table import markdown, mean_std, read_csv, summarise
+from kit.compare.table import markdown, mean_std, read_csv, run_row, summarise, write_csv
 
 from .conftest import REPO
 
@@ -109,12 +109,14 @@ def test_mean_std_is_the_sample_statistics():
 
 
 def test_summary_groups_seeds_per_method_and_reports_uplink_ratio():
-    def row(method, seed, rouge, up):
+    def row(method, seed, rouge, up, paper=None, errors=0):
         return {
             "scenario": "d",
             "method": method,
             "seed": seed,
             "rougeL": rouge,
+            "rougeL_paper": paper,
+            "rougeL_paper_recursion_errors": errors,
             "eval_loss_before": 2.5,
             "eval_loss_after": 2.4,
             "uplink_bytes_per_client_round": up,
@@ -124,13 +126,37 @@ def test_summary_groups_seeds_per_method_and_reports_uplink_ratio():
             "peak_memory_bytes": 1e9,
         }
 
-    rows = [row("fedkseed", 1, 20.0, 100.0), row("fedkseed", 2, 22.0, 100.0), row("fedit", 1, 25.0, 1e7)]
+    rows = [
+        row("fedkseed", 1, 20.0, 100.0, paper=28.0, errors=1),
+        row("fedkseed", 2, 22.0, 100.0, paper=32.0),
+        row("fedit", 1, 25.0, 1e7),
+    ]
     summary = summarise(rows)
     assert [(s["method"], s["seeds"]) for s in summary] == [("fedkseed", 2), ("fedit", 1)]
     assert summary[0]["rougeL"] == 21.0 and summary[0]["rougeL_std"] == pytest.approx(np.sqrt(2.0))
+    assert summary[0]["rougeL_paper"] == 30.0 and summary[0]["rougeL_paper_std"] == pytest.approx(
+        np.sqrt(8.0)
+    )
     table = markdown(summary, "t")
-    assert "| fedkseed | 2 | 21.00 ± 1.41 |" in table
+    assert "| fedkseed | 2 | 21.00 ± 1.41 | 30.00 ± 2.83 (1 RecursionError) |" in table
+    assert "| fedit | 1 | 25.00 | — |" in table
     assert "| 100,000× |" in table  # FedIT's uplink over FedKSeed's
+
+
+def test_run_row_reads_both_scorers_per_suite(tmp_path):
+    summary = {
+        "rougeL": {"ni": 10.0, "dolly": 20.0},
+        "rougeL_paper": {"ni": 4.0, "dolly": 30.0},
+        "rougeL_paper_recursion_errors": {"ni": 0, "dolly": 2},
+        "total_bytes": 96,
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    row = run_row("s", "fedkseed", 1, tmp_path)
+    assert (row["rougeL"], row["rougeL_paper"], row["rougeL_paper_recursion_errors"]) == (15.0, 17.0, 2)
+    assert (row["rougeL_paper_ni"], row["rougeL_paper_dolly"]) == (4.0, 30.0)
+    write_csv([row], tmp_path / "comparison.csv")
+    (back,) = read_csv(tmp_path / "comparison.csv")
+    assert back["rougeL_paper"] == 17.0 and back["rougeL_paper_dolly"] == 30.0
 
 
 def _tiny_grid(tmp_path: Path, model_dir: Path, data_root: Path) -> Path:

@@ -112,20 +112,24 @@ def test_find_runs_finds_nested_run_dirs_once(tmp_path):
 
 def test_load_run_collapses_rows_per_round_and_reads_config(tmp_path):
     csv = (
-        "eval/loss,eval/rougeL_ni,round,step,train/loss\n"
-        "2.0,,0,0,\n1.8,,1,1,1.9\n,11.0,1,1,\n1.5,,2,2,1.7\n,12.5,2,2,\n"
+        "eval/loss,eval/rougeL_ni,eval/rougeL_paper_ni,round,step,train/loss\n"
+        "2.0,,,0,0,\n1.8,,,1,1,1.9\n,11.0,9.0,1,1,\n1.5,,,2,2,1.7\n,12.5,14.0,2,2,\n"
     )
     run = R.load_run(_fake_run(tmp_path / "r", metrics=csv))
     m = run["metrics"]
     assert list(m.index) == [0, 1, 2] and m.loc[1, "eval/rougeL_ni"] == 11.0 and m.loc[2, "eval/loss"] == 1.5
     assert run["config"]["fed"]["num_seeds"] == 3
     assert R.rouge_l(run) == {"ni": 12.5}  # from the metrics when summary.json has none
+    assert R.rouge_l(run, "rougeL_paper") == {"ni": 14.0}  # the paper's scorer, not a suite "paper_ni"
 
 
 def test_load_run_without_metrics_uses_the_summary(tmp_path):
-    run = R.load_run(_fake_run(tmp_path / "r", rougeL={"ni": 30.0, "dolly": 20.0}))
+    run = R.load_run(_fake_run(tmp_path / "r", rougeL={"ni": 30.0, "dolly": 20.0}, rougeL_paper={"ni": 3.0}))
     assert run["metrics"]["eval/loss"].tolist() == [2.0, 1.8, 1.5]
     assert R.rouge_l(run) == {"ni": 30.0, "dolly": 20.0}
+    assert R.rouge_l(run, "rougeL_paper") == {"ni": 3.0}
+    table = R.comparison_table([run])
+    assert table.loc["r", "Rouge-L ni"] == 30.0 and table.loc["r", "Rouge-L (paper) ni"] == 3.0
 
 
 def test_comparison_table_and_pro_stats(tmp_path):

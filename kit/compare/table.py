@@ -1,6 +1,9 @@
 """The comparison's outputs from its cells' run directories: a CSV row per run, a Markdown summary per
 method (mean ± std over seeds), and a plot of Rouge-L against total communicated bytes.
 
+Rouge-L comes by both scorers (eval/rouge.py): `rougeL` (rouge-score, the kit's) and `rougeL_paper`
+(pltrdy, the paper's), with the count of pairs the paper's scorer could not score (RecursionError, 0).
+
 Every figure comes from the run's own `summary.json` (and `metrics.csv` for the time per round), so a
 table can be rebuilt at any time from the run directories alone.
 """
@@ -19,6 +22,8 @@ COLUMNS = (
     "method",
     "seed",
     "rougeL",
+    "rougeL_paper",
+    "rougeL_paper_recursion_errors",
     "eval_loss_before",
     "eval_loss_after",
     "uplink_bytes_per_client_round",
@@ -44,16 +49,19 @@ def _round_times(run_dir: Path) -> list[float]:
 
 
 def run_row(scenario: str, method: str, seed: int, run_dir: Path) -> dict:
-    """One CSV row from a finished run directory; `rougeL` is the mean over the scored suites, each suite
-    also gets its own `rougeL_<suite>` column."""
+    """One CSV row from a finished run directory; `rougeL` and `rougeL_paper` are means over the scored
+    suites, each suite also gets its own `rougeL_<suite>` and `rougeL_paper_<suite>` columns."""
     s = json.loads((run_dir / "summary.json").read_text())
-    rouge = s.get("rougeL") or {}
+    rouge, paper = s.get("rougeL") or {}, s.get("rougeL_paper") or {}
+    errors = s.get("rougeL_paper_recursion_errors") or {}
     times = _round_times(run_dir)
     row = {
         "scenario": scenario,
         "method": method,
         "seed": seed,
         "rougeL": statistics.fmean(rouge.values()) if rouge else None,
+        "rougeL_paper": statistics.fmean(paper.values()) if paper else None,
+        "rougeL_paper_recursion_errors": sum(errors.values()) if paper else None,
         "eval_loss_before": s.get("eval_loss_before"),
         "eval_loss_after": s.get("eval_loss_after"),
         "uplink_bytes_per_client_round": (s.get("uplink_bytes_per_client_round") or {}).get("mean"),
@@ -67,13 +75,14 @@ def run_row(scenario: str, method: str, seed: int, run_dir: Path) -> dict:
         "run_dir": str(run_dir),
     }
     row.update({f"rougeL_{suite}": score for suite, score in sorted(rouge.items())})
+    row.update({f"rougeL_paper_{suite}": score for suite, score in sorted(paper.items())})
     return row
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     extra = sorted({k for r in rows for k in r} - set(COLUMNS))
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS[:4], *extra, *COLUMNS[4:]])
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS[:6], *extra, *COLUMNS[6:]])
         writer.writeheader()
         writer.writerows(rows)
 
@@ -95,15 +104,25 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
-    """Per (scenario, method), in first-seen order: seeds, Rouge-L and eval loss mean/std, bytes, time."""
+    """Per (scenario, method), in first-seen order: seeds, Rouge-L (both scorers) and eval loss mean/std,
+    the paper scorer's RecursionErrors summed over seeds, bytes, time."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["scenario"], r["method"]), []).append(r)
     out = []
     for (scenario, method), rs in groups.items():
         stat = {}
-        for key in ("rougeL", "eval_loss_after", "eval_loss_before", "total_bytes", "time_per_round_s"):
-            stat[key], stat[f"{key}_std"] = mean_std([r[key] for r in rs])
+        for key in (
+            "rougeL",
+            "rougeL_paper",
+            "eval_loss_after",
+            "eval_loss_before",
+            "total_bytes",
+            "time_per_round_s",
+        ):
+            stat[key], stat[f"{key}_std"] = mean_std([r.get(key) for r in rs])
+        errors = [r.get("rougeL_paper_recursion_errors") for r in rs]
+        stat["rougeL_paper_recursion_errors"] = int(sum(e or 0 for e in errors))
         for key in ("uplink_bytes_per_client_round", "downlink_bytes_per_round", "peak_memory_bytes"):
             stat[key] = mean_std([r[key] for r in rs])[0]
         out.append({"scenario": scenario, "method": method, "seeds": len(rs), **stat})
@@ -131,20 +150,29 @@ def markdown(summary: Sequence[dict], title: str) -> str:
     """comparison.md: one table per scenario, a row per method."""
     lines = [f"# {title}", ""]
     lines.append("Mean ± sample std over seeds. Bytes are payload bytes (the wire messages' own lengths).")
+    lines.append(
+        "Rouge-L: rouge-score (the kit's); paper's: pltrdy rouge 1.0.1 on the same generations (the paper's "
+        "Table 2 scorer; n RecursionError: pairs it could not score, counted as 0). See docs/rouge.md."
+    )
     for scenario in dict.fromkeys(s["scenario"] for s in summary):
         rows = [s for s in summary if s["scenario"] == scenario]
         ref = next((s for s in rows if s["method"] == "fedkseed"), None)
         lines += ["", f"## {scenario}", ""]
         lines.append(
-            "| method | seeds | Rouge-L | eval loss after | eval loss before | uplink / client / round "
-            "| downlink / round | total bytes | uplink vs FedKSeed | s / round | peak memory |"
+            "| method | seeds | Rouge-L | Rouge-L (paper's) | eval loss after | eval loss before "
+            "| uplink / client / round | downlink / round | total bytes | uplink vs FedKSeed | s / round "
+            "| peak memory |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for s in rows:
             up = s["uplink_bytes_per_client_round"]
             ratio = f"{up / ref['uplink_bytes_per_client_round']:,.0f}×" if ref and up else "—"
+            errors = s["rougeL_paper_recursion_errors"]
+            paper = _num(s["rougeL_paper"], s["rougeL_paper_std"]) + (
+                f" ({errors} RecursionError)" if errors else ""
+            )
             lines.append(
-                f"| {s['method']} | {s['seeds']} | {_num(s['rougeL'], s['rougeL_std'])} "
+                f"| {s['method']} | {s['seeds']} | {_num(s['rougeL'], s['rougeL_std'])} | {paper} "
                 f"| {_num(s['eval_loss_after'], s['eval_loss_after_std'], 4)} "
                 f"| {_num(s['eval_loss_before'], s['eval_loss_before_std'], 4)} "
                 f"| {human_bytes(up)} | {human_bytes(s['downlink_bytes_per_round'])} "
