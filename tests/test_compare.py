@@ -242,6 +242,8 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert up["fedit"] >= 100 * up["fedkseed"]
     assert (out / "comparison.md").read_text().count("| fedit | 1 |") == 1
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # learning curves beside them
+    assert len(read_csv(out / "curves.csv")) == 2 * 3  # two methods, rounds 0-2 (eval loss before, after)
 
 
 def test_comparison_logs_to_wandb_offline(tmp_path, monkeypatch):

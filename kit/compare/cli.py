@@ -4,9 +4,10 @@
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --dry-run   # list the cells
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --wandb      # + W&B
 
-Writes `DIR/comparison.csv` (a row per run), `DIR/comparison.md` (per method: mean ± std over seeds)
-and `DIR/comparison.png` (Rouge-L against total bytes). Run it again to finish an interrupted grid:
-finished cells are skipped.
+Writes `DIR/comparison.csv` (a row per run), `DIR/comparison.md` (per method: mean ± std over seeds),
+`DIR/comparison.png` (Rouge-L against total bytes), and the learning curves `DIR/curves.csv` and
+`DIR/curves.png` (eval loss per round and against cumulative bytes, per method, mean ± std over seeds).
+Run it again to finish an interrupted grid: finished cells are skipped.
 """
 
 from __future__ import annotations
@@ -16,22 +17,23 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from kit.compare.curves import mean_curves, plot_curves, run_curve, write_curves_csv
 from kit.compare.grid import GridError, load_grid
 from kit.compare.runner import run_grid
 from kit.compare.table import markdown, plot, run_row, summarise, write_csv
 
 
 def write_outputs(results, out: Path, title: str) -> list[dict]:
-    """comparison.csv/.md/.png from the finished cells; returns the CSV rows."""
-    rows = [
-        run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir)
-        for r in results
-        if r.status != "failed"
-    ]
+    """comparison.csv/.md/.png and curves.csv/.png from the finished cells; returns the CSV rows."""
+    done = [r for r in results if r.status != "failed"]
+    rows = [run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir) for r in done]
     write_csv(rows, out / "comparison.csv")
     summary = summarise(rows)
     (out / "comparison.md").write_text(markdown(summary, title))
     plot(summary, out / "comparison.png", title)
+    curves = mean_curves([run_curve(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir) for r in done])
+    write_curves_csv(curves, out / "curves.csv")
+    plot_curves(curves, out / "curves.png", title)
     return rows
 
 
@@ -45,6 +47,11 @@ def log_wandb(rows: list[dict], out: Path, title: str, project: str) -> None:
         {
             "compare/table": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),
             "compare/rougeL_vs_bytes": wandb.Image(str(out / "comparison.png")),
+            **(
+                {"compare/eval_loss_curves": wandb.Image(str(out / "curves.png"))}
+                if (out / "curves.png").is_file()
+                else {}
+            ),
         }
     )
     run.finish()
