@@ -166,6 +166,15 @@ def comparison_table(runs: Iterable[Mapping]) -> pd.DataFrame:
     return df[rest[:7] + rouge + rest[7:]]  # Rouge-L right after the eval losses
 
 
+def learning_curves(runs: Iterable[Mapping]) -> pd.DataFrame:
+    """Eval loss per round and cumulative bytes per (scenario, method), mean ± sample std over the runs'
+    seeds, from each run's metrics.csv (`kit/compare/curves.py`, as `fedkseed compare`'s curves.csv)."""
+    from kit.compare.curves import CURVE_COLUMNS, mean_curves, run_curve
+
+    curves = [run_curve(scenario(r), method(r), int(r["summary"].get("seed") or 0), r["path"]) for r in runs]
+    return pd.DataFrame(mean_curves(curves), columns=list(CURVE_COLUMNS))
+
+
 def pro_stats(summary: Mapping) -> pd.DataFrame:
     """Per round of a Pro run: max/min probability ratio, K·max (1 = uniform), effective seeds exp(H)/K."""
     rows = []

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -121,6 +122,28 @@ def test_load_run_collapses_rows_per_round_and_reads_config(tmp_path):
     assert run["config"]["fed"]["num_seeds"] == 3
     assert R.rouge_l(run) == {"ni": 12.5}  # from the metrics when summary.json has none
     assert R.rouge_l(run, "rougeL_paper") == {"ni": 14.0}  # the paper's scorer, not a suite "paper_ni"
+
+
+def test_learning_curves_average_seeds_per_method(tmp_path):
+    header = "eval/loss,fed/downlink_bytes,fed/dropped,fed/late,fed/sampled,fed/uplink_bytes_mean,round\n"
+    one = header + "2.0,,,,,,0\n1.8,60.0,0.0,0.0,2.0,48.0,1\n1.6,60.0,1.0,0.0,2.0,50.0,2\n"
+    two = header + "2.0,,,,,,0\n1.6,60.0,0.0,0.0,2.0,40.0,1\n1.2,60.0,0.0,0.0,2.0,40.0,2\n"
+    runs = R.load_runs(
+        [_fake_run(tmp_path / "a", metrics=one, seed=1), _fake_run(tmp_path / "b", metrics=two, seed=2)]
+    )
+    curves = R.learning_curves(runs).set_index("round")
+    assert curves["seeds"].tolist() == [2, 2, 2] and set(curves["method"]) == {"FedKSeed"}
+    assert curves["eval_loss"].tolist() == pytest.approx([2.0, 1.7, 1.4])
+    assert curves.loc[2, "eval_loss_std"] == pytest.approx(np.std([1.6, 1.2], ddof=1))
+    # run a: 2 x 48 + 60 = 156, then 1 arrived x 50 + 60 = 110 -> 266; run b: 140, then 280
+    assert curves["cumulative_bytes"].tolist() == pytest.approx([0.0, 148.0, 273.0])
+
+
+def test_learning_curves_without_byte_counts_keep_the_losses(tmp_path):
+    run = R.load_run(_fake_run(tmp_path / "r", metrics="eval/loss,round\n2.0,0\n1.5,1\n"))
+    curves = R.learning_curves([run])
+    assert curves["eval_loss"].tolist() == [2.0, 1.5]
+    assert curves["cumulative_bytes"].isna().tolist() == [False, True]  # round 0: 0 bytes; round 1: unknown
 
 
 def test_load_run_without_metrics_uses_the_summary(tmp_path):

@@ -52,4 +52,8 @@ def test_notebook_executes(path: Path, two_runs, monkeypatch, tmp_path):
     grid_cell = next(c for c in nb.cells if c.cell_type == "code" and "FEDKSEED_COMPARE" in c.source)
     grid = "".join(o["data"].get("text/html", "") for o in grid_cell.outputs if "data" in o)
     assert "fedkseed-pro" in grid and "rougeL_std" in grid
-    assert any("image/png" in o.get("data", {}) for o in grid_cell.outputs)
+    assert sum("image/png" in o.get("data", {}) for o in grid_cell.outputs) == 2  # Rouge-L vs bytes, curves
+    curves_cell = next(c for c in nb.cells if c.cell_type == "code" and "learning_curves(" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in curves_cell.outputs)
+    curves = "".join(o["data"].get("text/html", "") for o in curves_cell.outputs if "data" in o)
+    assert "fedkseed-pro" in curves and "cumulative_bytes" in curves

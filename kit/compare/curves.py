@@ -14,6 +14,7 @@ round by round: mean and sample standard deviation (n - 1), as the comparison ta
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,15 @@ class RunCurve:
     seed: int
     rounds: tuple[int, ...]
     eval_loss: tuple[float, ...]
-    cumulative_bytes: tuple[int, ...]
+    cumulative_bytes: tuple[int | None, ...]  # None: a round so far has no byte counts in metrics.csv
 
 
-def round_bytes(row: dict[str, str]) -> int:
+def round_bytes(row: dict[str, str]) -> int | None:
     """Bytes a round moved, from its metrics.csv row: the mean uplink times the clients that arrived
-    (sampled - dropped - late), plus the downlink once."""
+    (sampled - dropped - late), plus the downlink once; None when the row lacks these columns."""
+    needed = ("fed/sampled", "fed/dropped", "fed/late", "fed/uplink_bytes_mean", "fed/downlink_bytes")
+    if not all(row.get(key) for key in needed):
+        return None
     arrived = float(row["fed/sampled"]) - float(row["fed/dropped"]) - float(row["fed/late"])
     return round(float(row["fed/uplink_bytes_mean"]) * arrived) + round(float(row["fed/downlink_bytes"]))
 
@@ -64,7 +68,8 @@ def run_curve(scenario: str, method: str, seed: int, run_dir: Path) -> RunCurve:
     for rnd in sorted(per_round):
         row = per_round[rnd]
         if rnd > 0:
-            total += round_bytes(row)
+            moved = round_bytes(row)
+            total = None if total is None or moved is None else total + moved
         if row.get("eval/loss"):
             rounds.append(rnd)
             losses.append(float(row["eval/loss"]))
@@ -86,7 +91,7 @@ def mean_curves(curves: Sequence[RunCurve]) -> list[dict]:
         for rnd in sorted({r for c in runs for r in c.rounds}):
             at = [p[rnd] for p in points if rnd in p]
             loss, loss_std = mean_std([loss for loss, _ in at])
-            sent, sent_std = mean_std([float(sent) for _, sent in at])
+            sent, sent_std = mean_std([None if sent is None else float(sent) for _, sent in at])
             values = (scenario, method, rnd, len(at), loss, loss_std, sent, sent_std)
             rows.append(dict(zip(CURVE_COLUMNS, values, strict=True)))
     return rows
@@ -123,13 +128,13 @@ def draw_curves(rows: Sequence[dict], title: str = ""):
             if not pts:
                 continue
             label = f"{method} (n={max(p['seeds'] for p in pts)})"
-            sent = [p for p in pts if p["cumulative_bytes"] > 0]
+            sent = [p for p in pts if _spread(p["cumulative_bytes"]) > 0]  # known and not round 0
             for ax, x_key, shown in ((by_round, "round", pts), (by_bytes, "cumulative_bytes", sent)):
                 if not shown:
                     continue
                 x = [p[x_key] for p in shown]
                 y = [p["eval_loss"] for p in shown]
-                spread = [p["eval_loss_std"] or 0.0 for p in shown]
+                spread = [_spread(p["eval_loss_std"]) for p in shown]
                 ax.plot(x, y, marker="o", markersize=3, color=f"C{i % 10}", label=label)
                 low = [m - d for m, d in zip(y, spread, strict=True)]
                 high = [m + d for m, d in zip(y, spread, strict=True)]
@@ -150,6 +155,11 @@ def draw_curves(rows: Sequence[dict], title: str = ""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _spread(std: float | None) -> float:
+    """A band's half width: 0 for one seed (std None, or NaN once the rows went through pandas)."""
+    return 0.0 if std is None or math.isnan(std) else std
 
 
 def plot_curves(rows: Sequence[dict], path: Path, title: str) -> None:
