@@ -1,14 +1,13 @@
 """Our Rouge-L (`rouge-score`, eval/rouge.py) vs the reference's (pltrdy `rouge==1.0.1`) on real pairs.
 
-    pip install rouge==1.0.1   # the reference's scorer; not a dependency of the kit
     python benchmarks/rouge_vs_reference.py                                   # Dolly responses vs each other
     python benchmarks/rouge_vs_reference.py --generations runs/eval/generations_dolly.jsonl
 
 Pairs: each `--generations` file written by `python -m eval --out DIR` (prediction vs reference), or, without
 one, the 200 held-out Dolly responses each scored against the next one. Prints one JSON line per source:
-means on 0-100 of ours (stemmed), ours without the stemmer, and the reference's (scored as
-`evaluations.py` does: an empty prediction or a ValueError gives 0), and the mean and max absolute
-per-pair differences.
+means on 0-100 of ours (stemmed), ours without the stemmer, and the reference's (`eval.rouge.rouge_l_paper`,
+the kit's `rougeL_paper`: as `evaluations.py` scores, an empty prediction or a ValueError gives 0, and
+pltrdy's RecursionError gives 0 and is counted), and the mean and max absolute per-pair differences.
 See docs/rouge.md for why they differ.
 """
 
@@ -17,28 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from rouge_score.rouge_scorer import RougeScorer
 
-from eval.rouge import rouge_l
+from eval.rouge import rouge_l, rouge_l_paper
 from eval.suites import build_suite
 from kit.paths import DATA_ROOT_ENV
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def reference_rouge_l(prediction: str, reference: str) -> float:
-    """Rouge-L F as the reference computes it (`evaluations.py`), in [0, 1]."""
-    from rouge import Rouge
-
-    if prediction == "":
-        return 0.0
-    try:
-        return Rouge().get_scores([prediction], [reference])[0]["rouge-l"]["f"]
-    except ValueError:
-        return 0.0
 
 
 def compare(source: str, pairs: list[tuple[str, str]]) -> dict:
@@ -46,7 +32,8 @@ def compare(source: str, pairs: list[tuple[str, str]]) -> dict:
     unstemmed = RougeScorer(["rougeL"], use_stemmer=False)
     ours = [100 * rouge_l(p, r) for p, r in pairs]
     ours_raw = [100 * unstemmed.score(r, p)["rougeL"].fmeasure if p.strip() else 0.0 for p, r in pairs]
-    theirs = [100 * reference_rouge_l(p, r) for p, r in pairs]
+    paper = [rouge_l_paper(p, r) for p, r in pairs]
+    theirs = [100 * (score or 0.0) for score in paper]
 
     def diffs(scores: list[float]) -> dict:
         gaps = [abs(a - b) for a, b in zip(scores, theirs, strict=True)]
@@ -58,6 +45,7 @@ def compare(source: str, pairs: list[tuple[str, str]]) -> dict:
         "ours": round(sum(ours) / len(ours), 2),
         "ours_no_stemmer": round(sum(ours_raw) / len(ours_raw), 2),
         "reference": round(sum(theirs) / len(theirs), 2),
+        "reference_recursion_errors": sum(score is None for score in paper),
         "ours_vs_reference": diffs(ours),
         "ours_no_stemmer_vs_reference": diffs(ours_raw),
     }
@@ -68,10 +56,6 @@ def main() -> None:
     parser.add_argument("--generations", type=Path, nargs="*", default=[], help="generations_*.jsonl files")
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_ROOT))
     args = parser.parse_args()
-    try:
-        import rouge  # noqa: F401
-    except ImportError:
-        sys.exit("pltrdy `rouge` is not installed: `pip install rouge==1.0.1` (the reference's scorer) first")
 
     if args.generations:
         for path in args.generations:
