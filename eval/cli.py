@@ -43,12 +43,37 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     add("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     # defaults: the run's with --run, else eval.run_settings.STANDALONE (unset options stay off `args`)
     unset = argparse.SUPPRESS
-    add("--suite", action="append", choices=SUITES, default=unset, help="suite to run; repeat for several")
+    add(
+        "--suite",
+        action="append",
+        choices=SUITES,
+        default=unset,
+        help="suite to run; repeat for several (default: the run's with --run, else all)",
+    )
     add("--data-root", default=unset, help=f"folder of the data (default ${DATA_ROOT_ENV}, else the Hub)")
-    add("--limit", type=int, default=unset, help="at most this many examples per suite, tasks in turn")
-    add("--dolly-size", type=_size, default=unset, help="held-out Dolly sample size, or 'all' (200)")
-    add("--heldout-category", default=unset, help="held-out Dolly category (summarization)")
-    add("--seed", type=int, default=unset, help="seed of the eval samples (42)")
+    add(
+        "--limit",
+        type=int,
+        default=unset,
+        help="at most this many examples per suite, tasks in turn (default: the run's rouge_limit, else all)",
+    )
+    add(
+        "--dolly-size",
+        type=_size,
+        default=unset,
+        help="held-out Dolly sample size, or 'all' (default: the run's eval_size, else 200)",
+    )
+    add(
+        "--heldout-category",
+        default=unset,
+        help="held-out Dolly category (default: the run's, else summarization)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=unset,
+        help="seed of the eval samples (default: the run's data seed, else 42)",
+    )
     add("--max-new-tokens", type=int, default=128, help="generated tokens per example, at most")
     add("--batch-size", type=int, default=None, help="first generation batch size tried (halved on OOM)")
     add("--out", type=Path, default=None, help="folder for generations_<suite>.jsonl and rouge_<suite>.json")

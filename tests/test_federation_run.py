@@ -58,6 +58,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, data_root, tmp_path
     assert a["train_loss_per_round"] == b["train_loss_per_round"]
     assert a["eval_loss_per_round"] == b["eval_loss_per_round"]
     assert a["pro_probabilities_sorted"] == b["pro_probabilities_sorted"]
+    assert a["rougeL"] == b["rougeL"] and a["rougeL_paper"] == b["rougeL_paper"]
 
 
 @pytest.mark.slow
