@@ -26,8 +26,8 @@ from lightning.pytorch.cli import LightningCLI
 
 import kit.strategy  # noqa: F401  (registers the fed_ddp strategy)
 from kit.checkpoint import RoundCheckpoint, load_checkpoint
+from kit.cli_errors import OneLineParser, quiet_seed, run_guarded
 from kit.data.datamodule import FederatedDataModule
-from kit.errors import UsageError
 from kit.loop import FederatedLoop
 from kit.metrics_csv import RoundCSVLogger
 from kit.module import FedKSeedModule, MethodName
@@ -96,6 +96,9 @@ class FedKSeedCLI(LightningCLI):
         callbacks.append(RoundCheckpoint(Path(run_dir) / "checkpoints"))  # after every round, atomic
         return super()._instantiate_trainer(config, callbacks)
 
+    def _set_seed(self) -> None:
+        quiet_seed(super()._set_seed)  # no "Seed set to N" line: the seed is in config.yaml
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters right after parsing, with a bare torch.load:
         # refuse a missing, truncated or corrupt checkpoint first, in one line (torch.load fails deep
@@ -107,6 +110,7 @@ class FedKSeedCLI(LightningCLI):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `fedkseed` and `python -m kit`."""
+    from_process = argv is None  # LightningCLI warns when given args while sys.argv has some
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         from eval.cli import main as eval_main
@@ -121,12 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "compare":
         from kit.compare.cli import main as compare_main
 
-        sys.exit(compare_main(argv[1:]))
-    try:
-        FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
-    except UsageError as e:
-        print(f"fedkseed: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        sys.exit(run_guarded("fedkseed compare", compare_main, argv[1:]))
+    run_guarded(
+        "fedkseed",
+        FedKSeedCLI,
+        FedKSeedModule,
+        FederatedDataModule,
+        args=None if from_process else argv,
+        save_config_kwargs={"overwrite": True},
+        parser_class=OneLineParser,
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from kit.cli_errors import one_line_argparse
 from kit.compare.grid import GridError, load_grid
 from kit.compare.runner import run_grid
 from kit.compare.table import markdown, plot, run_row, summarise, write_csv
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print each cell's fit command, run nothing")
     parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
     parser.add_argument("--wandb_project", default="fedkseed", help="W&B project")
+    one_line_argparse(parser, "fedkseed compare")
     args = parser.parse_args(argv)
     try:
         cells = load_grid(args.config)
