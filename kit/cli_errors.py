@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
@@ -24,7 +26,7 @@ from kit.errors import UsageError
 from kit.federation.seedfile import SeedFileError
 
 FIXABLE = (UsageError, SeedFileError)
-UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR)
 
 
 def _one_line(text: str) -> str:
@@ -100,3 +102,16 @@ def quiet_seed(set_seed: Callable[[], None]) -> None:
         set_seed()
     finally:
         seed_log.setLevel(level)
+
+
+def ensure_writable(directory: str | Path) -> None:
+    """Create `directory` if needed and prove it writable with a probe file (permission bits do not
+    tell, e.g. for root on a read-only mount); raises OSError naming the path otherwise."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(path)) from None
+    probe.unlink()

@@ -132,6 +132,8 @@ class FederatedLoop(pl.Callback):
         self.watch = DivergenceWatch(divergence_factor)
         self.stop_on_divergence = stop_on_divergence
         self.halted = False  # stopped at a divergence: the round's checkpoint is not written
+        self.experiment: dict = {}  # the experiment-defining config, set by the CLI (kit.resume_guard)
+        self.config_changes: list[dict] = []  # deliberate changes on resume (--resume_changes)
         self.faults = FaultModel(dropout, straggler_prob, straggler_delay_s, deadline_s)
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
         self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
@@ -382,6 +384,7 @@ class FederatedLoop(pl.Callback):
             },
             "divergence": self.watch.events,
             "stopped_on_divergence": self.watch.events[-1]["round"] if self.halted else None,
+            "config_changes": self.config_changes,
         }
         return self.reporter.write_summary(
             self.run_dir / "summary.json", facts, pl_module.net if final else None
@@ -397,6 +400,8 @@ class FederatedLoop(pl.Callback):
             "z": self._z(),
             "round_digests": list(self.round_digests),
             "divergence": self.watch.state_dict(),
+            "experiment": self.experiment,
+            "config_changes": self.config_changes,
             **self.reporter.state_dict(),
         }
 
