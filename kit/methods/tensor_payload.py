@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from kit.errors import UsageError
 from kit.federation.aggregate import client_weights
 from kit.federation.bounds import check_tensor_norm, payload_norm
 from kit.federation.messages import DOWNLINK, NO_CLIENT, UPLINK, MessageError
@@ -34,7 +35,7 @@ class TensorPayloadMethod(Method):
 
     def __init__(self, hp: Mapping, fed: FedSettings) -> None:
         if fed.scalar_bound is not None:
-            raise ValueError(
+            raise UsageError(
                 f"--fed.scalar_bound bounds FedKSeed's scalars; {hp.get('method')} sends tensors: unset it "
                 "(use --fed.aggregation median or trimmed_mean)"
             )
