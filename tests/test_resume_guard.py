@@ -88,3 +88,16 @@ def test_a_deliberate_change_is_recorded_and_harmless_ones_pass(one_round, tiny_
     assert s["config_changes"] == [
         {"from_round": 2, "changes": {"fed.equal_weights": {"old": False, "new": True}}}
     ]
+
+
+def test_an_older_checkpoint_is_compared_through_its_hparams_and_config_yaml(tmp_path):
+    from kit.resume_guard import recorded_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: fedkseed\nfed:\n  fraction: 0.1\ntrainer:\n  max_epochs: 3\n")
+    ckpt = {"callbacks": {"FederatedLoop": {"rounds_done": 1}}, "hyper_parameters": {"lr": 0.001, "_x": 1}}
+    recorded = recorded_config(ckpt, run / "checkpoints" / "last.ckpt", "FederatedLoop")
+    assert recorded == {"method": "fedkseed", "fed.fraction": 0.1, "model.lr": 0.001}
+    ckpt["callbacks"]["FederatedLoop"]["experiment"] = {"model.lr": 0.002}  # a recording wins
+    assert recorded_config(ckpt, run / "checkpoints" / "last.ckpt", "FederatedLoop") == {"model.lr": 0.002}
