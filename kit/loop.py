@@ -338,8 +338,9 @@ class FederatedLoop(pl.Callback):
 
     def _watch(self, trainer: pl.Trainer, rnd: int, metrics: dict) -> None:
         """Collapse detection on the round's losses: one warning line each; stop if asked."""
-        for kind in ("train", "eval"):
-            event = self.watch.observe(rnd, kind, metrics.get(f"{kind}/loss"))
+        train = self.reporter.history["train_loss"][-1]  # None: no client trained this round
+        for kind, loss in (("train", train), ("eval", metrics.get("eval/loss"))):
+            event = self.watch.observe(rnd, kind, loss)
             if event is None:
                 continue
             if trainer.is_global_zero:
