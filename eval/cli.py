@@ -123,5 +123,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse `argv` (default: the process arguments) and run the eval."""
+    from kit.cli_errors import one_line_argparse, run_guarded
+
     parser = argparse.ArgumentParser(prog="fedkseed eval", description="Zero-shot Rouge-L of a causal LM.")
-    run_eval(add_eval_arguments(parser).parse_args(argv))
+    one_line_argparse(parser, "fedkseed eval")
+    run_guarded("fedkseed eval", run_eval, add_eval_arguments(parser).parse_args(argv))

@@ -40,6 +40,8 @@ class RoundCheckpoint(Checkpoint):
         return self.dirpath / LAST
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if any(isinstance(cb, FederatedLoop) and cb.halted for cb in getattr(trainer, "callbacks", [])):
+            return  # stopped at a divergence: keep the last good round's checkpoint
         tmp = self.last_path.with_name(LAST + ".tmp")
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,13 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 import kit.strategy  # noqa: F401  (registers the fed_ddp strategy)
-from kit.checkpoint import RoundCheckpoint, load_checkpoint
+from kit.checkpoint import LOOP_STATE_KEY, RoundCheckpoint, load_checkpoint
+from kit.cli_errors import OneLineParser, ensure_writable, quiet_seed, run_guarded
 from kit.data.datamodule import FederatedDataModule
-from kit.errors import UsageError
 from kit.loop import FederatedLoop
 from kit.metrics_csv import RoundCSVLogger
 from kit.module import FedKSeedModule, MethodName
+from kit.resume_guard import experiment_config, guard_resume
 
 RUN_DIR_ENV = "FEDKSEED_RUN_DIR"
 
@@ -72,6 +73,13 @@ class FedKSeedCLI(LightningCLI):
             help="Also log to Weights & Biases (set WANDB_MODE=offline to log without an account).",
         )
         parser.add_argument("--wandb_project", type=str, default="fedkseed", help="W&B project name.")
+        parser.add_argument(
+            "--resume_changes",
+            type=bool,
+            default=False,
+            help="With --ckpt_path: continue under changed experiment settings (refused otherwise); "
+            "the change and its round are recorded in summary.json (config_changes).",
+        )
         parser.link_arguments("model.model", "data.tokenizer")
         parser.set_defaults(
             {
@@ -86,6 +94,7 @@ class FedKSeedCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict, callbacks: list):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = resolve_run_dir(cfg.get("run_dir"))
+        ensure_writable(run_dir)  # unwritable: one line now, not a traceback mid-run
         config["default_root_dir"] = run_dir
         loggers = [RoundCSVLogger(run_dir)]
         if cfg.get("wandb"):
@@ -96,17 +105,34 @@ class FedKSeedCLI(LightningCLI):
         callbacks.append(RoundCheckpoint(Path(run_dir) / "checkpoints"))  # after every round, atomic
         return super()._instantiate_trainer(config, callbacks)
 
+    def _set_seed(self) -> None:
+        quiet_seed(super()._set_seed)  # no "Seed set to N" line: the seed is in config.yaml
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters right after parsing, with a bare torch.load:
         # refuse a missing, truncated or corrupt checkpoint first, in one line (torch.load fails deep
         # in its zip reader on a truncated file and loads a corrupted one silently)
-        if self.config.get("subcommand") == "fit" and self.config["fit"].get("ckpt_path"):
-            load_checkpoint(self.config["fit"]["ckpt_path"])
+        self._config_changes: list[dict] = []
+        cfg = self.config["fit"] if self.config.get("subcommand") == "fit" else None
+        if cfg is not None and cfg.get("ckpt_path"):
+            ckpt = load_checkpoint(cfg["ckpt_path"])
+            past = ckpt["callbacks"][LOOP_STATE_KEY].get("config_changes", [])
+            self._config_changes = guard_resume(
+                ckpt, cfg["ckpt_path"], cfg.as_dict(), LOOP_STATE_KEY, cfg.get("resume_changes")
+            )
+            if len(self._config_changes) > len(past):
+                return  # a deliberate change: the requested values apply, not the checkpoint's hparams
         super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        loop = next(cb for cb in self.trainer.callbacks if isinstance(cb, FederatedLoop))
+        loop.experiment = experiment_config(self.config["fit"].as_dict())
+        loop.config_changes = self._config_changes
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `fedkseed` and `python -m kit`."""
+    from_process = argv is None  # LightningCLI warns when given args while sys.argv has some
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         from eval.cli import main as eval_main
@@ -121,12 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "compare":
         from kit.compare.cli import main as compare_main
 
-        sys.exit(compare_main(argv[1:]))
-    try:
-        FedKSeedCLI(FedKSeedModule, FederatedDataModule, args=argv, save_config_kwargs={"overwrite": True})
-    except UsageError as e:
-        print(f"fedkseed: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        sys.exit(run_guarded("fedkseed compare", compare_main, argv[1:]))
+    run_guarded(
+        "fedkseed",
+        FedKSeedCLI,
+        FedKSeedModule,
+        FederatedDataModule,
+        args=None if from_process else argv,
+        save_config_kwargs={"overwrite": True},
+        parser_class=OneLineParser,
+    )
 
 
 if __name__ == "__main__":

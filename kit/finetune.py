@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kit.errors import UsageError
 from kit.federation.seedfile import SeedFile, decode, encode
 from kit.federation.seeds import SeedPool
 from kit.federation.sync import apply_scalars
@@ -31,12 +32,12 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | No
 
     hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
     if hp["method"] not in ZO_SEED_METHODS:
-        raise ValueError(
+        raise UsageError(
             f"{run_dir} is a {hp['method']!r} run; only fedkseed and fedkseed-pro runs export as seed files"
         )
     digests = state.get("round_digests") or []
     if not state.get("theta0") or not state.get("z") or len(digests) != state["rounds_done"]:
-        raise ValueError(
+        raise UsageError(
             f"{ckpt_path} records no θ₀, z or round digests (made by an older kit): re-run it to export it"
         )
     sf = SeedFile(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kit.cli_errors import one_line_argparse, run_guarded
+
 
 def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
@@ -19,10 +21,10 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument(
         "--ckpt", type=Path, default=None, help="this checkpoint instead of checkpoints/last.ckpt"
     )
-    args = parser.parse_args(argv)
+    args = one_line_argparse(parser, "fedkseed export").parse_args(argv)
     from kit.finetune import export_run
 
-    out = export_run(args.run, args.out, args.ckpt)
+    out = run_guarded("fedkseed export", export_run, args.run, args.out, args.ckpt)
     print(f"[kit] wrote {out} ({out.stat().st_size:,} bytes)", flush=True)
 
 
@@ -37,8 +39,10 @@ def materialize_main(argv: list[str]) -> None:
         "--model", default=None, help="the base model's location (default: the id in the file)"
     )
     parser.add_argument("--device", default="cpu", help="torch device for the replay (same bits on any)")
-    args = parser.parse_args(argv)
+    args = one_line_argparse(parser, "fedkseed materialize").parse_args(argv)
     from kit.finetune import materialize
 
-    digest = materialize(args.seed_file, args.out, args.model, args.device)
+    digest = run_guarded(
+        "fedkseed materialize", materialize, args.seed_file, args.out, args.model, args.device
+    )
     print(f"[kit] wrote {args.out} (weights sha256 {digest}, verified)", flush=True)

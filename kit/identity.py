@@ -11,6 +11,8 @@ import hashlib
 
 import torch
 
+from kit.errors import UsageError
+
 
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of the model's weights in parameter order: equal digests mean bit-identical models."""
@@ -28,7 +30,7 @@ def theta0_identity(model_id: str, net: torch.nn.Module) -> dict:
 def check_theta0(recorded: dict, current: dict, where: str) -> None:
     """Refuse to replay `where`'s history on another θ₀ (the error names both)."""
     if recorded["sha256"] != current["sha256"]:
-        raise ValueError(
+        raise UsageError(
             f"{where} was trained from θ₀ = {recorded['model']} (weights sha256 {recorded['sha256'][:16]}…), "
             f"but the model loaded here is {current['model']} (sha256 {current['sha256'][:16]}…): load the "
             "run's base model (--model / --model.model)"

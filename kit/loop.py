@@ -16,6 +16,7 @@ number of processes and a resumed run repeats an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,14 +29,19 @@ from tqdm.auto import tqdm
 
 from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
+from kit.divergence import DivergenceWatch, divergence_line
+from kit.federation.bounds import robust_rule_warning
 from kit.federation.faults import FaultModel
 from kit.federation.server import sample_clients
 from kit.identity import check_rebuilt, check_theta0, theta0_identity, weights_digest
 from kit.methods import FedSettings, Method, build_method
 from kit.metrics_csv import RoundCSVLogger
+from kit.ranges import check_fed_ranges
 from kit.reporting import RunReporter, headline, log_rouge_tables
 from kit.snapshot import WeightSnapshot
 from kit.zo.definition import ZDefinition, check_same
+
+log = logging.getLogger(__name__)
 
 
 class FederatedLoop(pl.Callback):
@@ -68,6 +74,14 @@ class FederatedLoop(pl.Callback):
             "median" or "trimmed_mean" (robust to a few bad clients; costs a sort over clients).
         trim_fraction: trimmed mean: fraction of clients dropped at each end, in [0, 0.5).
         scalar_bound: FedKSeed(-Pro): clip each client's scalars to [-b, b] before aggregating (null: off).
+        screen_bound: reject, as `out_of_bound`, uplinks no honest client can send: FedKSeed scalars
+            beyond tau * C / (2 eps) (C = model.grad_clip, else loss_range), tensor payloads whose
+            change exceeds tensor_norm_ratio x the global parameters' norm (`kit.federation.bounds`).
+        loss_range: an upper bound of an honest client's training loss in nats (the C above).
+        tensor_norm_ratio: the tensor payloads' bound, relative to the global parameters' norm.
+        divergence_factor: warn when the eval loss exceeds this times its best so far (null: off);
+            a loss at the uniform predictor's ln(vocab) or non-finite is always reported (`kit.divergence`).
+        stop_on_divergence: stop the run at a divergence, keeping the last good round's checkpoint.
     """
 
     def __init__(
@@ -94,15 +108,13 @@ class FederatedLoop(pl.Callback):
         aggregation: Literal["mean", "median", "trimmed_mean"] = "mean",
         trim_fraction: float = 0.1,
         scalar_bound: float | None = None,
+        screen_bound: bool = True,
+        loss_range: float = 100.0,
+        tensor_norm_ratio: float = 100.0,
+        divergence_factor: float | None = 2.0,
+        stop_on_divergence: bool = False,
     ) -> None:
-        if not 0 < fraction <= 1:
-            raise ValueError(f"--fed.fraction must be in (0, 1], got {fraction}")
-        if local_steps < 1 or num_seeds < 1:
-            raise ValueError("--fed.local_steps and --fed.num_seeds must be >= 1")
-        if eval_every < 0 or rouge_every < 0:
-            raise ValueError("--fed.eval_every and --fed.rouge_every must be >= 0")
-        if rouge_suites is not None and not set(rouge_suites) <= {"ni", "dolly"}:
-            raise ValueError(f"--fed.rouge_suites must name 'ni' and/or 'dolly', got {rouge_suites}")
+        check_fed_ranges(locals())
         self.settings = FedSettings(
             seed,
             local_steps,
@@ -113,7 +125,15 @@ class FederatedLoop(pl.Callback):
             aggregation,
             trim_fraction,
             scalar_bound,
+            screen_bound=screen_bound,
+            loss_range=loss_range,
+            tensor_norm_ratio=tensor_norm_ratio,
         )
+        self.watch = DivergenceWatch(divergence_factor)
+        self.stop_on_divergence = stop_on_divergence
+        self.halted = False  # stopped at a divergence: the round's checkpoint is not written
+        self.experiment: dict = {}  # the experiment-defining config, set by the CLI (kit.resume_guard)
+        self.config_changes: list[dict] = []  # deliberate changes on resume (--resume_changes)
         self.faults = FaultModel(dropout, straggler_prob, straggler_delay_s, deadline_s)
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
         self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
@@ -141,7 +161,12 @@ class FederatedLoop(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
         self.reporter.t0 = time.perf_counter()
         if not self._prepared:
+            self.watch.vocab_size = getattr(getattr(pl_module.net, "config", None), "vocab_size", None)
             self._prepare(pl_module)
+        per_round = max(1, int(trainer.datamodule.num_clients_effective * self.fraction))
+        warning = robust_rule_warning(self.settings.aggregation, self.settings.trim_fraction, per_round)
+        if warning and trainer.is_global_zero:
+            log.warning(warning)
         where = self.snapshot_where
         if where == "auto":
             where = "disk" if pl_module.device.type == "cpu" else "memory"
@@ -160,6 +185,7 @@ class FederatedLoop(pl.Callback):
         elif self.reporter.eval_loss_before is None:
             self.reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
             self.reporter.log(trainer, {"eval/loss": self.reporter.eval_loss_before}, step=0)
+            self.watch.reference = self.reporter.eval_loss_before
         self._snapshot.save()
         self._plan_round(trainer, self.rounds_done + 1)
         if trainer.is_global_zero and self.progress:
@@ -297,6 +323,7 @@ class FederatedLoop(pl.Callback):
         self.reporter.record_round(
             metrics, [int(b) for b in stats[:, 3]], len(downlink), int(stats[:, 2].sum())
         )
+        self._watch(trainer, rnd, metrics)
         self.reporter.log(trainer, metrics, step=rnd)
         if trainer.is_global_zero:
             if self.progress:
@@ -308,6 +335,18 @@ class FederatedLoop(pl.Callback):
                 )
             self.write_summary(trainer, pl_module)
         self._plan_round(trainer, rnd + 1)
+
+    def _watch(self, trainer: pl.Trainer, rnd: int, metrics: dict) -> None:
+        """Collapse detection on the round's losses: one warning line each; stop if asked."""
+        train = self.reporter.history["train_loss"][-1]  # None: no client trained this round
+        for kind, loss in (("train", train), ("eval", metrics.get("eval/loss"))):
+            event = self.watch.observe(rnd, kind, loss)
+            if event is None:
+                continue
+            if trainer.is_global_zero:
+                log.warning(divergence_line(event, self.stop_on_divergence))
+            if self.stop_on_divergence:
+                self.halted = trainer.should_stop = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -339,6 +378,14 @@ class FederatedLoop(pl.Callback):
             "world_size": trainer.world_size,
             "theta0": self.theta0,
             "z": self._z(),
+            "screening": {
+                "screen_bound": self.settings.screen_bound,
+                "loss_range": self.settings.loss_range,
+                "tensor_norm_ratio": self.settings.tensor_norm_ratio,
+            },
+            "divergence": self.watch.events,
+            "stopped_on_divergence": self.watch.events[-1]["round"] if self.halted else None,
+            "config_changes": self.config_changes,
         }
         return self.reporter.write_summary(
             self.run_dir / "summary.json", facts, pl_module.net if final else None
@@ -353,6 +400,9 @@ class FederatedLoop(pl.Callback):
             "theta0": self.theta0,
             "z": self._z(),
             "round_digests": list(self.round_digests),
+            "divergence": self.watch.state_dict(),
+            "experiment": self.experiment,
+            "config_changes": self.config_changes,
             **self.reporter.state_dict(),
         }
 
@@ -366,6 +416,7 @@ class FederatedLoop(pl.Callback):
         self._recorded = {"theta0": state.get("theta0"), "z": state.get("z")}
         self.round_digests = list(state.get("round_digests", []))
         self.reporter.load_state_dict(state)
+        self.watch.load_state_dict(state.get("divergence", {}))
         self._loaded = state["method_state"]
 
 

@@ -16,6 +16,7 @@ import torch
 from kit.lm_head import example_losses, head_inputs
 from kit.methods import ClientUpdate
 from kit.models import load_model
+from kit.ranges import check_model_ranges
 
 MethodName = Literal[
     "fedkseed", "fedkseed-pro", "fedzo", "fedit", "fedit-sgd", "fedptuning", "fedprompt", "fedavg"
@@ -86,12 +87,7 @@ class FedKSeedModule(pl.LightningModule):
         wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
-        if lr <= 0 or zo_eps <= 0:
-            raise ValueError(f"--model.lr ({lr}) and --model.zo_eps ({zo_eps}) must be > 0")
-        if weight_decay < 0:
-            raise ValueError(f"--model.weight_decay ({weight_decay}) must be >= 0")
-        if lora_r < 1 or num_virtual_tokens < 1:
-            raise ValueError("--model.lora_r and --model.num_virtual_tokens must be >= 1")
+        check_model_ranges(locals())
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the method's global state (see kit.methods)

@@ -44,7 +44,8 @@ def _scalars(client: int, touched: int = 3) -> np.ndarray:
 
 
 def _method() -> FedKSeed:
-    return FedKSeed({"lr": 1e-3, "weight_decay": 0.0}, FedSettings(seed=3, num_seeds=K))
+    hp = {"lr": 1e-3, "weight_decay": 0.0, "zo_eps": 1e-2, "grad_clip": None}
+    return FedKSeed(hp, FedSettings(seed=3, num_seeds=K, local_steps=4))  # bound 4 * 100 / 0.02
 
 
 def _up(method: FedKSeed, rnd: int, client: int, scalars=None, fingerprint=None) -> bytes:
@@ -69,6 +70,7 @@ BAD = {
     "wrong_pool": lambda m: (2, _up(m, 2, 2, fingerprint=SeedPool(K, 4).fingerprint)),
     "client_mismatch": lambda m: (3, _up(m, 2, 4)),
     "non_finite": lambda m: (3, _with_inf(_up(m, 2, 3))),
+    "out_of_bound": lambda m: (3, _up(m, 2, 3, np.full(K, 3e38, dtype=np.float32))),
     "malformed": lambda m: (4, _reseal(b"XXXX" + _up(m, 2, 4)[4:])),
 }
 

@@ -117,3 +117,71 @@ def test_export_refuses_a_baseline_run(tiny_model_dir, data_root, tmp_path):
     )
     with pytest.raises(ValueError, match="'fedavg' run; only fedkseed and fedkseed-pro"):
         main(["export", "--run", str(run), "--out", str(tmp_path / "x.seeds")])
+
+
+def _with_header(header: dict | str, rounds_of: SeedFile | None = None) -> bytes:
+    """A resealed seed file (valid sha256) whose header is `header` (a dict, or raw JSON text)."""
+    raw = (header if isinstance(header, str) else json.dumps(header)).encode()
+    data = encode(rounds_of or _seedfile())
+    old_len = struct.unpack_from("<I", data, len(MAGIC) + 2)[0]
+    rest = data[len(MAGIC) + 6 + old_len : -32]
+    return _reseal(MAGIC + struct.pack("<HI", 1, len(raw)) + raw + rest)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_seeds", "sixty-four"),
+        ("num_seeds", None),
+        ("num_seeds", -1),
+        ("num_seeds", True),
+        ("lr", float("nan")),
+        ("lr", "fast"),
+        ("lr", 0.0),
+        ("weight_decay", -0.1),
+        ("z", [1, 2]),
+        ("method", "fedavg"),
+        ("theta0_sha256", "abc"),
+        ("federation_seed", 2.5),
+        ("rounds", -2),
+        ("model", ""),
+    ],
+)
+def test_crafted_header_fields_are_refused_naming_the_field(field, value):
+    header = {**_seedfile().header(), field: value}
+    with pytest.raises(SeedFileError, match=rf"x\.seeds: header field {field} must"):
+        decode(_with_header(header), "x.seeds")
+
+
+def test_a_deep_huge_or_non_object_header_is_refused_without_crashing():
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(SeedFileError, match="bytes, at most"):
+        decode(_with_header(deep), "x.seeds")
+    nested = json.dumps({**_seedfile().header(), "z": {"family": [[[[1]]]]}})
+    with pytest.raises(SeedFileError, match="nests deeper"):
+        decode(_with_header(nested), "x.seeds")
+    with pytest.raises(SeedFileError, match="must be a JSON object"):
+        decode(_with_header("[1, 2]"), "x.seeds")
+    missing = {k: v for k, v in _seedfile().header().items() if k != "lr"}
+    with pytest.raises(SeedFileError, match="header field lr is missing"):
+        decode(_with_header(missing), "x.seeds")
+    with pytest.raises(SeedFileError, match="z chunk_size must be an integer"):
+        decode(_with_header({**_seedfile().header(), "z": {**_seedfile().z, "chunk_size": "big"}}), "x.seeds")
+    with pytest.raises(SeedFileError, match="rounds .* exceeds"):
+        decode(_with_header({**_seedfile().header(), "rounds": 1_000_000}), "x.seeds")
+
+
+def test_known_optional_and_unknown_plain_fields_are_accepted():
+    header = {**_seedfile().header(), "master_dtype": "bfloat16", "comment": "from a newer kit"}
+    assert decode(_with_header(header)).header() == _seedfile().header()
+    with pytest.raises(SeedFileError, match="header field master_dtype must be one of"):
+        decode(_with_header({**header, "master_dtype": "int8"}))
+    with pytest.raises(SeedFileError, match="unknown header field comment"):
+        decode(_with_header({**header, "comment": {"a": 1}}))
+
+
+def test_json_depth_ignores_brackets_inside_strings():
+    from kit.federation.seedfile_header import json_depth
+
+    assert json_depth('{"a": "[[[{{{", "b": [1, {"c": "\\"]"}]}') == 3
+    assert json_depth("1") == 0

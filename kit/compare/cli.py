@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from kit.cli_errors import one_line_argparse
 from kit.compare.curves import mean_curves, plot_curves, run_curve, write_curves_csv
 from kit.compare.grid import GridError, load_grid
 from kit.compare.runner import run_grid
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print each cell's fit command, run nothing")
     parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
     parser.add_argument("--wandb_project", default="fedkseed", help="W&B project")
+    one_line_argparse(parser, "fedkseed compare")
     args = parser.parse_args(argv)
     try:
         cells = load_grid(args.config)

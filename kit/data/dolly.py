@@ -7,6 +7,7 @@ The split follows the reference (`utils_data/load_data.py`); pass a data root to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,35 @@ def load_dolly(root: Path | None) -> list[dict]:
             f"Dolly file not found: {path}. Pass --data.data_root DIR (or set ${DATA_ROOT_ENV}) to a folder "
             f"holding {DOLLY_FILE}, or leave both unset to download {DOLLY_HUB_ID} from the Hub"
         )
-    return datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train").to_list()
+    except Exception:
+        bad = first_bad_jsonl_line(path)  # name the file and the row instead of the parser's trace
+        if bad is None:
+            raise
+        raise UsageError(f"{bad}; fix or remove that line (or restore the file)") from None
+
+
+DOLLY_FIELDS = ("instruction", "context", "response", "category")
+
+
+def first_bad_jsonl_line(path: Path) -> str | None:
+    """Where a Dolly JSONL file is malformed ("FILE line N: what"), or None if every line is a JSON
+    object with Dolly's string fields."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                return f"{path} line {n}: not valid JSON ({exc.msg} at column {exc.colno})"
+            if not isinstance(record, dict):
+                return f"{path} line {n}: not a JSON object"
+            wrong = [k for k in DOLLY_FIELDS if not isinstance(record.get(k), str)]
+            if wrong:
+                return f"{path} line {n}: field {wrong[0]} is missing or not a string"
+    return None
 
 
 def dolly_example(record: dict) -> Example:

@@ -51,6 +51,7 @@ REASONS = (
     "wrong_pool",  # another K or seed pool
     "client_mismatch",  # the header names another client than the sender
     "non_finite",  # NaN or infinite values
+    "out_of_bound",  # beyond what an honest client can send (kit.federation.bounds)
     "malformed",  # anything else a decoder refuses (magic, version, kind, layout, spec)
 )
 

@@ -10,8 +10,8 @@ uplink goes through, in order (cheap checks first, so a flood of junk costs no d
   1) unknown_client: the sender was not sampled this round;
   2) duplicate: the sender already has an accepted uplink this round (a replayed message);
   3) oversize: longer than the largest legal uplink (checked before decoding allocates anything);
-  4) the method's decoder: truncated, corrupt, wrong_round, wrong_pool, non_finite, malformed
-     (`MessageError.reason`);
+  4) the method's decoder: truncated, corrupt, wrong_round, wrong_pool, non_finite, malformed,
+     out_of_bound (values no honest client can send, `kit.federation.bounds`) (`MessageError.reason`);
   5) client_mismatch: the message names another client than the one that sent it.
 
 Each rejection is logged as one warning line naming the client and the reason.

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kit.federation.seedfile_header import HeaderError, parse_header
+
 MAGIC = b"FKSEEDS\0"
 FORMAT_VERSION = 1
 HEADER_KEYS = (
@@ -41,7 +43,8 @@ HEADER_KEYS = (
 
 
 class SeedFileError(ValueError):
-    """A seed file that cannot be trusted (truncated, corrupted, another format version)."""
+    """A seed file that cannot be trusted (truncated, corrupted, another format version, a header
+    field of the wrong type or range)."""
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,16 @@ def decode(data: bytes, source: str = "seed file") -> SeedFile:
     if version != FORMAT_VERSION:
         raise SeedFileError(f"{source} is seed-file format {version}; this kit reads {FORMAT_VERSION}: {fix}")
     pos = len(MAGIC) + 6
+    if pos + hlen > len(body):
+        raise SeedFileError(f"{source}: header length {hlen} runs past the end of the file: {fix}")
     try:
-        header = json.loads(body[pos : pos + hlen].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SeedFileError(f"{source} has an unreadable header ({exc}): {fix}") from exc
-    missing = [k for k in HEADER_KEYS if k not in header]
-    if missing:
-        raise SeedFileError(f"{source}'s header lacks {', '.join(missing)}: {fix}")
+        header = parse_header(body[pos : pos + hlen])
+    except HeaderError as exc:
+        raise SeedFileError(f"{source}: {exc}: {fix}") from None
     pos += hlen
-    k = int(header["num_seeds"])
+    k = header["num_seeds"]
+    if 4 * header["rounds"] > len(body) - pos:
+        raise SeedFileError(f"{source}: header field rounds ({header['rounds']}) exceeds what the file holds")
     downlinks = []
     for r in range(int(header["rounds"])):
         if pos + 4 > len(body):

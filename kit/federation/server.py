@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kit.errors import UsageError
 from kit.federation.aggregate import aggregate, client_weights, pro_probabilities
 from kit.federation.messages import Downlink, Uplink
 from kit.federation.robust import bound_scalars, robust_aggregate
@@ -114,8 +115,16 @@ class Server:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["k"] != self.pool.k or state["fingerprint"] != self.pool.fingerprint.hex():
-            raise ValueError("checkpoint was made with another seed pool (K or --fed.seed differ)")
+        if state["k"] != self.pool.k:
+            raise UsageError(
+                f"the checkpoint's seed pool has K = {state['k']}, this run's --fed.num_seeds is "
+                f"{self.pool.k}: resume with --fed.num_seeds {state['k']}"
+            )
+        if state["fingerprint"] != self.pool.fingerprint.hex():
+            raise UsageError(
+                f"the checkpoint's seed pool (fingerprint {state['fingerprint']}) is not this run's "
+                f"({self.pool.fingerprint.hex()}): resume with the checkpoint's --fed.seed"
+            )
         self.server_round = int(state["server_round"])
         self.abs_sum = np.asarray(state["abs_sum"], dtype=np.float64).copy()
         self.count = np.asarray(state["count"], dtype=np.int64).copy()

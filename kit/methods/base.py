@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from kit.errors import UsageError
 from kit.federation.robust import AGGREGATIONS
 from kit.federation.screening import Accepted, Screening, screen_uplinks
 from kit.zo.definition import ZDefinition
@@ -45,6 +46,11 @@ class FedSettings:
             "trimmed_mean" (`kit.federation.robust`).
         trim_fraction: the trimmed mean drops this fraction of clients at each end.
         scalar_bound: FedKSeed: clip each client's scalars to [-b, b] before aggregating (None: off).
+        screen_bound: reject uplinks no honest client can send (`kit.federation.bounds`): FedKSeed
+            scalars beyond tau * C / (2 eps), tensor payloads beyond `tensor_norm_ratio`.
+        loss_range: the C above when grad_clip is off: an upper bound of the training loss (nats).
+        tensor_norm_ratio: tensor payloads: a client's change may be at most this times the norm of
+            the global parameters.
     """
 
     seed: int = 42
@@ -56,16 +62,22 @@ class FedSettings:
     aggregation: str = "mean"
     trim_fraction: float = 0.1
     scalar_bound: float | None = None
+    screen_bound: bool = True
+    loss_range: float = 100.0
+    tensor_norm_ratio: float = 100.0
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
+            raise UsageError(
                 f"--fed.aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
             )
         if not 0 <= self.trim_fraction < 0.5:
-            raise ValueError(f"--fed.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+            raise UsageError(f"--fed.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
         if self.scalar_bound is not None and not self.scalar_bound > 0:
-            raise ValueError(f"--fed.scalar_bound must be > 0 or null (off), got {self.scalar_bound}")
+            raise UsageError(f"--fed.scalar_bound must be > 0 or null (off), got {self.scalar_bound}")
+        for name in ("loss_range", "tensor_norm_ratio"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--fed.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from kit.federation.bounds import check_scalars, scalar_uplink_bound
 from kit.federation.messages import (
     Uplink,
     decode_downlink,
@@ -54,6 +55,11 @@ class FedKSeed(Method):
         self._params: list[torch.Tensor] = []
         # the global update decays matrices as a client's tau steps do (kit.federation.sync)
         self.decay = round_decay(hp["lr"], hp["weight_decay"], fed.local_steps)
+        self.uplink_bound = (  # what no honest client can send (kit.federation.bounds)
+            scalar_uplink_bound(fed.local_steps, hp["zo_eps"], hp.get("grad_clip"), fed.loss_range)
+            if fed.screen_bound
+            else None
+        )
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         net.requires_grad_(False)  # ZO needs no autograd graph
@@ -72,6 +78,7 @@ class FedKSeed(Method):
 
     def decode_uplink(self, server_round: int, wire: bytes) -> tuple[int, Uplink]:
         up = decode_uplink(wire, self.pool.k, self.pool.fingerprint, expected_round=server_round)
+        check_scalars(up.scalars, self.uplink_bound)
         return up.client_id, up
 
     def aggregate_accepted(
@@ -112,6 +119,7 @@ class FedKSeed(Method):
         return {
             "K": self.pool.k,
             "uplink_bytes_dense": 36 + 4 * self.pool.k,
+            "uplink_scalar_bound": self.uplink_bound,
             "pro_probabilities_sorted": self.probabilities_sorted if self.server.pro else None,
         }
 

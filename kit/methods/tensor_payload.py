@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from kit.errors import UsageError
 from kit.federation.aggregate import client_weights
+from kit.federation.bounds import check_tensor_norm, payload_norm
 from kit.federation.messages import DOWNLINK, NO_CLIENT, UPLINK, MessageError
 from kit.federation.robust import robust_aggregate
 from kit.federation.screening import Accepted
@@ -33,7 +35,7 @@ class TensorPayloadMethod(Method):
 
     def __init__(self, hp: Mapping, fed: FedSettings) -> None:
         if fed.scalar_bound is not None:
-            raise ValueError(
+            raise UsageError(
                 f"--fed.scalar_bound bounds FedKSeed's scalars; {hp.get('method')} sends tensors: unset it "
                 "(use --fed.aggregation median or trimmed_mean)"
             )
@@ -42,6 +44,7 @@ class TensorPayloadMethod(Method):
         self.net: torch.nn.Module | None = None
         self.named: list[tuple[str, torch.Tensor]] = []
         self._loaded: dict[str, torch.Tensor] | None = None
+        self._global_norm = 0.0  # ||theta_g|| of the shared parameters, for the uplink norm bound
 
     def _make_trainable(self, net: torch.nn.Module) -> torch.nn.Module:
         """Set `requires_grad` on the parameters to train (wrapping `net` if needed); returns the model."""
@@ -52,6 +55,7 @@ class TensorPayloadMethod(Method):
         self.named = [(n, p) for n, p in net.named_parameters() if p.requires_grad or self.shares_frozen]
         if not self.named:
             raise ValueError(f"{self.name}: the model has no parameter to train")
+        self._global_norm = payload_norm(self.global_params())
         return net
 
     @property
@@ -74,7 +78,12 @@ class TensorPayloadMethod(Method):
         size = self.max_uplink_bytes()
         if len(wire) < size:  # the layout is fixed by the spec, so a short message lost its tail
             raise MessageError(f"tensor uplink truncated: {len(wire)} bytes of {size}", "truncated")
-        return self._decode(server_round, wire).client_id, None  # validated; the tensors are let go
+        msg = self._decode(server_round, wire)
+        if self.fed.screen_bound:
+            norm = payload_norm(msg.tensors.values())
+            numel = sum(t.numel() for t in msg.tensors.values())
+            check_tensor_norm(norm, self._global_norm, numel, self.fed.tensor_norm_ratio, self.sends_delta)
+        return msg.client_id, None  # validated; the tensors are let go
 
     def aggregate_accepted(
         self, server_round: int, accepted: Sequence[Accepted], num_samples: Sequence[int]
@@ -111,6 +120,7 @@ class TensorPayloadMethod(Method):
         for name, p in self.named:
             value = msg.tensors[name].to(p.device)
             p.add_(value) if self.sends_delta else p.copy_(value)
+        self._global_norm = payload_norm(self.global_params())
         return {}
 
     def state_dict(self) -> dict:
@@ -130,10 +140,12 @@ class TensorPayloadMethod(Method):
                     "it was made with another model or adapter config"
                 )
             p.copy_(self._loaded[name])
+        self._global_norm = payload_norm(self.global_params())
 
     def summary(self) -> dict:
         return {
             "wire_dtype": self.wire_dtype,
             "shared_parameters": sum(p.numel() for _, p in self.named),
             "payload": "deltas" if self.sends_delta else "weights",
+            "uplink_norm_ratio": self.fed.tensor_norm_ratio if self.fed.screen_bound else None,
         }

@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from kit.errors import UsageError
+
 Backend = Literal["auto", "native", "cuda", "portable", "torch"]
 BACKENDS = ("auto", "native", "cuda", "portable", "torch")
 PHILOX = "philox"  # the family of native, cuda and portable
@@ -78,11 +80,11 @@ def choose_backend(requested: str, device: torch.device, recorded: ZDefinition |
     A recorded legacy definition needs the `torch` backend on the same device type.
     """
     if requested not in BACKENDS:
-        raise ValueError(f"z backend {requested!r} must be one of {', '.join(BACKENDS)} (--model.zo_backend)")
+        raise UsageError(f"z backend {requested!r} must be one of {', '.join(BACKENDS)} (--model.zo_backend)")
     if recorded is not None and recorded.family != PHILOX:
         wanted = recorded.family.split("/", 1)[1]
         if device.type != wanted:
-            raise ValueError(
+            raise UsageError(
                 f"the run's z is {recorded.describe()}: its values exist only on a {wanted} device, and "
                 f"this one is {device.type}; rebuild on {wanted} (--device {wanted})"
             )
@@ -112,7 +114,7 @@ def choose_backend(requested: str, device: torch.device, recorded: ZDefinition |
 def check_same(recorded: ZDefinition, current: ZDefinition, where: str) -> None:
     """Refuse to go on when `where` (a checkpoint, a seed file) was made under another z."""
     if recorded != current:
-        raise ValueError(
+        raise UsageError(
             f"{where} was made with z = {recorded.describe()}, but this run's z is {current.describe()}: "
             "use the recorded definition (same --model.distribution; --model.zo_backend auto)"
         )
