@@ -104,7 +104,7 @@ def _write(tmp_path, body: bytes) -> str:
     return str(path)
 
 
-def test_export_refuses_a_baseline_run(tiny_model_dir, data_root, tmp_path):
+def test_export_refuses_a_baseline_run(tiny_model_dir, data_root, tmp_path, capsys):
     run = tmp_path / "run"
     main(
         [
@@ -115,8 +115,12 @@ def test_export_refuses_a_baseline_run(tiny_model_dir, data_root, tmp_path):
             "fedavg",
         ]
     )
-    with pytest.raises(ValueError, match="'fedavg' run; only fedkseed and fedkseed-pro"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(["export", "--run", str(run), "--out", str(tmp_path / "x.seeds")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'fedavg' run; only fedkseed and fedkseed-pro" in err[0]
 
 
 def _with_header(header: dict | str, rounds_of: SeedFile | None = None) -> bytes:
