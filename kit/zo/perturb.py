@@ -129,7 +129,7 @@ class Perturber:
         self._local = threading.local()
         workers = num_threads or torch.get_num_threads()
         # portable: torch's own ops already use every core
-        threaded = self.device.type == "cpu" and workers > 1 and backend != "portable"
+        threaded = self.device.type == "cpu" and workers > 1 and backend not in ("portable", "cuda")
         self._pool = ThreadPoolExecutor(workers) if threaded else None
         # native: the units go to the pool in a few size-balanced batches (a task per unit costs more
         # in thread hand-offs than the kernels of the many small units take); z does not change
@@ -185,10 +185,24 @@ class Perturber:
         def run(unit: tuple[int, int, int, int, int]) -> None:
             i, c, start, size, offset = unit
             p = self.params[i].view(-1)[start : start + size]
+            d = decay if decay and decays(self.params[i]) else 0.0
+            if self._cuda is not None and not use_kept:  # the fused kernel: draw + axpy in one pass
+                keep, key = 1.0 - d, mix(seed, i, c)
+                if fill_kept:
+                    self._cuda.axpy_fill(
+                        p,
+                        self._kept[offset : offset + size],
+                        key,
+                        keep * restore + alpha,
+                        keep,
+                        self.distribution,
+                    )
+                else:
+                    self._cuda.axpy(p, key, keep * restore + alpha, keep, self.distribution)
+                return
             z = self._kept[offset : offset + size] if use_kept or fill_kept else self._scratch()[:size]
             if not use_kept:
                 self._draw(z, seed, i, c)
-            d = decay if decay and decays(self.params[i]) else 0.0
             if self.backend == "torch":  # legacy bits: keep its own update formula
                 if d:
                     p.mul_(1.0 - d)
