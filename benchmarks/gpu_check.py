@@ -12,6 +12,9 @@ every section, so a cut-off run still leaves what it measured):
               seconds per fused pass (draw + axpy, the last with restore and decay) and per z fill;
               weights and z compared bit for bit with native on the CPU; goal: kernel >= 100x
               portable per pass
+  snapshot    the round's global weights (1.3B floats; reduced: 4096) saved and restored in device
+              memory, pinned host memory and a file: seconds, exact bytes, and the placement `auto`
+              chooses on this card (kit/snapshot.py)
   step        kit ZO step (zo_step, auto backend) vs its two forwards vs the reference-style step
               (common.reference_step), on SmolLM2-135M and a random DataJuicer-1.3B shape at 1 x 1024
               tokens, float32 and bfloat16 forwards (+ float16 master weights where the checkout's
@@ -107,12 +110,13 @@ def section_tests(ctx: dict) -> dict:
     return out
 
 
-def _weights(numel: int, device: torch.device) -> list[torch.Tensor]:
-    """Three contiguous float32 tensors (a matrix and two vectors) of `numel` elements in all."""
-    g = torch.Generator().manual_seed(0)
+def _weights(numel: int, device: torch.device, drawn_there: bool = False) -> list[torch.Tensor]:
+    """Three contiguous float32 tensors (a matrix and two vectors) of `numel` elements in all, drawn
+    on the CPU (the same values on every machine) or, `drawn_there`, on `device` (fast)."""
+    g = torch.Generator(device if drawn_there else "cpu").manual_seed(0)
     rows = numel // 3 // 256
     shapes = [(rows, 256), (numel // 3 + 77,), (numel - rows * 256 - numel // 3 - 77,)]
-    return [torch.randn(s, generator=g).to(device) for s in shapes]
+    return [torch.randn(s, generator=g, device=g.device).to(device) for s in shapes]
 
 
 def _passes(pert, seed: int) -> None:
@@ -161,6 +165,34 @@ def section_z_backends(ctx: dict) -> dict:
         out["kernel_vs_portable_per_pass"] = out["portable"]["pass_s"] / out["cuda"]["pass_s"]
         if not reduced:
             out["goal_met"] = out["kernel_vs_portable_per_pass"] >= GOALS["kernel_vs_portable_per_pass"]
+    return out
+
+
+def section_snapshot(ctx: dict) -> dict:
+    """Seconds to save and restore the round's global weights (1.3B-sized on a GPU) per placement."""
+    from kit.snapshot import WeightSnapshot
+
+    device, reduced = ctx["device"], ctx["reduced"]
+    numel = 4096 if reduced else 1_345_000_000  # DataJuicer-1.3B's parameter count
+    params = _weights(numel, device, drawn_there=True)
+    want = digest(params)
+    placements = ["device", "pinned host", "disk"] if device.type == "cuda" else ["host", "disk"]
+    out = {"numel": numel, "auto_placement": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        for placement in placements:
+            snap = WeightSnapshot(params, "disk" if placement == "disk" else "memory", Path(tmp) / "g.bin")
+            snap.placement = placement  # forced: time each, whatever fits
+            save_s = timed(snap.save, device)
+            for p in params:
+                p.add_(1.0)
+            restore_s = timed(snap.restore, device)
+            out[placement] = {"save_s": save_s, "restore_s": restore_s, "exact": digest(params) == want}
+            snap.cleanup()
+            del snap
+        probe = WeightSnapshot(params, "memory")
+        probe.save()
+        out["auto_placement"] = probe.placement  # what a run on this card gets for 1.3B
+        probe.cleanup()
     return out
 
 
@@ -324,6 +356,7 @@ def section_paper_run(ctx: dict) -> dict:
 SECTIONS = {
     "tests": section_tests,
     "z_backends": section_z_backends,
+    "snapshot": section_snapshot,
     "step": section_step,
     "eval": section_eval,
     "paper_run": section_paper_run,

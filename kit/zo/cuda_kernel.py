@@ -15,7 +15,8 @@ round-to-nearest float32 operation (launched with FMA contraction off; divisions
 roots `sqrt_rn`, as Triton's `/` and `tl.sqrt` are approximations), and a sign is changed by XOR of
 the sign bit, never by a float negation (`-x` was `0 - x` in older Triton: -(+0) = +0). The chunk key's
 halves are typed uint32 and never specialised: Triton's launcher turns an integer argument equal to
-1 into a constant otherwise (a different, untested program for 1 key in ~2^31). The ahead-of-time
+1 into a constant otherwise (a different, untested program for 1 key in ~2^31); nor is the size n
+(one compiled program per distribution and mode, whatever the chunk's length). The ahead-of-time
 test (tests/test_zo_cuda_kernel.py) checks all of this in the PTX for sm_80 and sm_90.
 """
 
@@ -95,7 +96,7 @@ def _apply(p_ptr, z_ptr, e, n, z, scale, keep, MODE: tl.constexpr):
         tl.store(z_ptr + e, z, mask=mask)
 
 
-@triton.jit(do_not_specialize=("key_lo", "key_hi"))
+@triton.jit(do_not_specialize=("n", "key_lo", "key_hi"))
 def z_kernel(
     p_ptr,
     z_ptr,
