@@ -34,6 +34,7 @@ def interpreted(monkeypatch):
     """The kernel under Triton's interpreter (CPU tensors), with a fresh self-test record."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(cuda, "_results", {})
+    monkeypatch.setattr(cuda, "_announced", set())
     return cuda.load(torch.device("cpu"))
 
 
@@ -117,6 +118,10 @@ def test_a_wrong_known_answer_makes_auto_fall_back_with_one_line(interpreted, mo
     assert zdef.backend == "portable" and "failed: gaussian fill key=13045" in zdef.cuda_self_test
     # the record is not part of the definition: the run's z is the same philox z
     assert zdef == definition.definition_of("cuda", "cuda", 1 << 20, "gaussian")
+    # asked for by name, a kernel that failed its self-test is refused with the fix
+    with pytest.raises(ValueError, match="failed its self-test.*key=13045.*zo_backend portable"):
+        definition.choose_backend("cuda", torch.device("cuda"))
+    assert capsys.readouterr().err == ""
 
 
 def test_a_kernel_that_cannot_load_falls_back_with_one_line(monkeypatch, capsys):
@@ -124,6 +129,7 @@ def test_a_kernel_that_cannot_load_falls_back_with_one_line(monkeypatch, capsys)
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(cuda, "_results", {})
+    monkeypatch.setattr(cuda, "_announced", set())
     monkeypatch.delattr(kit.zo, "cuda_kernel", raising=False)
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setitem(sys.modules, "triton", None)  # no Triton: import fails

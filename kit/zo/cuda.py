@@ -199,11 +199,13 @@ def _device_name(device: torch.device) -> str:
 
 _lock = threading.Lock()
 _results: dict[str, SelfTest] = {}
+_announced: set[str] = set()
 
 
-def checked(device: torch.device) -> SelfTest:
+def checked(device: torch.device, fallback: bool = True) -> SelfTest:
     """The self-test's outcome on `device`, run once per process and device. A failure (wrong bits,
-    no Triton, a compile error) prints one line to stderr; the caller then uses `portable`."""
+    no Triton, a compile error) with `fallback` prints one line to stderr, once: the caller (`auto`)
+    then uses `portable`; without, the caller raises (the cuda backend was asked for by name)."""
     key = str(device)
     with _lock:
         if key not in _results:
@@ -212,15 +214,17 @@ def checked(device: torch.device) -> SelfTest:
             except Exception as exc:  # any failure to build or run the kernel means: do not use it
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 result = SelfTest(_device_name(device), False, f"{type(exc).__name__}: {first[:200]}")
-            if not result.passed:
-                print(
-                    f"[kit] the cuda z kernel failed its self-test on {result.device} ({result.detail}): "
-                    "using the portable z backend (same z, slower)",
-                    file=sys.stderr,
-                    flush=True,
-                )
             _results[key] = result
-        return _results[key]
+        result = _results[key]
+        if not result.passed and fallback and key not in _announced:
+            _announced.add(key)
+            print(
+                f"[kit] the cuda z kernel failed its self-test on {result.device} ({result.detail}): "
+                "using the portable z backend (same z, slower)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return result
 
 
 def results() -> dict[str, SelfTest]:

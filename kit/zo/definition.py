@@ -110,6 +110,15 @@ def choose_backend(requested: str, device: torch.device, recorded: ZDefinition |
         return "torch"
     if recorded is not None and requested == "torch":
         requested = "auto"  # the run's z is philox: any of its backends gives it
+    if requested == "cuda" and device.type == "cuda" and torch.version.cuda is not None:
+        from kit.zo.cuda import checked
+
+        result = checked(device, fallback=False)
+        if not result.passed:
+            raise ValueError(
+                f"the cuda z kernel failed its self-test on {result.device} ({result.detail}): its z "
+                "would not be native's; use --model.zo_backend portable (same z) or auto"
+            )
     if requested != "auto":
         return requested
     if device.type == "cpu":
