@@ -13,5 +13,6 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export FEDKSEED_DATA_ROOT="${FEDKSEED_DATA_ROOT:-$PWD/../shared/data}"
-# the hard stop: the report is rewritten after every section, so a cut-off run keeps what it measured
-exec timeout --signal=INT 480 "$PYTHON" benchmarks/gpu_check.py "$@"
+# the hard stop (GPU_CHECK_TIMEOUT seconds, default 480; a loaded CPU in --reduced mode may need more):
+# the report is rewritten after every section, so a cut-off run keeps what it measured
+exec timeout --signal=INT "${GPU_CHECK_TIMEOUT:-480}" "$PYTHON" benchmarks/gpu_check.py "$@"
