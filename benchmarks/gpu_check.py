@@ -211,18 +211,15 @@ def _models(ctx: dict):
     from kit.models import load_model
 
     device, reduced = ctx["device"], ctx["reduced"]
-    yield (
-        "smollm2-135m",
-        (lambda: _random_model(tiny_config(), device))
-        if reduced
-        else (lambda: load_model("smollm2-135m", device=device).requires_grad_(False)),
-    )
-    if reduced:
+    if reduced:  # tiny random stand-ins with each model's vocabulary
         config = tiny_config()
-        config.vocab_size = 32000
-    else:
-        config = datajuicer_config(24)
-    yield "datajuicer-1.3b-shape (random)", lambda: _random_model(config, device)
+        yield "tiny (smollm2 vocabulary)", lambda: _random_model(config, device)
+        config32k = tiny_config()
+        config32k.vocab_size = 32000
+        yield "tiny (datajuicer vocabulary)", lambda: _random_model(config32k, device)
+        return
+    yield "smollm2-135m", lambda: load_model("smollm2-135m", device=device).requires_grad_(False)
+    yield "datajuicer-1.3b-shape (random)", lambda: _random_model(datajuicer_config(24), device)
 
 
 def _measure_step(model, batch: dict, forward_dtype: str, device: torch.device, reps: int) -> dict:
