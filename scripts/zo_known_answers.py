@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kit.zo.cuda import digest, start_weights  # noqa: E402
 from kit.zo.native import load  # noqa: E402
+from kit.zo.seeding import mix  # noqa: E402
 
 TOP = (1 << 64) - 1
 # (distribution, key, n, mode, scale, keep). Keys 13045, 96227, 59453: +0 and -0 in the first 700
@@ -40,6 +41,30 @@ CASES = (
     ("rademacher", (1 << 32) | 1, 300, "axpy", 5e-4, 0.99),
 )
 
+# Whole parameters as `Perturber` draws them (chunk c of parameter `index` under mix(seed, index, c)):
+# (distribution, seed, index, numel, chunk_size, mode, scale, keep); chunk sizes a multiple of the
+# kernel's 512-element programs, not one of 64, and a single 64-float block.
+PARAM_CASES = (
+    ("gaussian", 5, 0, 1100, 512, "fill", 0.0, 1.0),
+    ("gaussian", (1 << 63) + 7, 3, 700, 100, "axpy", 1e-3, 0.99),
+    ("rademacher", 1, 1, 300, 64, "fill", 0.0, 1.0),
+)
+
+
+def native_param_answer(
+    dist: str, seed: int, index: int, n: int, chunk: int, mode: str, scale: float, keep: float
+) -> str:
+    """The digest native gives for one parameter case, chunk by chunk."""
+    zk = load()
+    out = torch.empty(n, dtype=torch.float32) if mode == "fill" else start_weights(n)
+    for c, start in enumerate(range(0, n, chunk)):
+        size, key = min(chunk, n - start), mix(seed, index, c)
+        if mode == "fill":
+            zk.fill(out.data_ptr() + 4 * start, size, key, dist)
+        else:
+            zk.axpy(out.data_ptr() + 4 * start, size, key, scale, keep, dist)
+    return digest(out)
+
 
 def native_answer(dist: str, key: int, n: int, mode: str, scale: float, keep: float) -> str:
     """The digest native gives for one case."""
@@ -57,6 +82,10 @@ def main() -> None:
     print("KNOWN_ANSWERS: tuple[tuple[str, int, int, str, float, float, str], ...] = (")
     for case in CASES:
         print(f"    {(*case, native_answer(*case))!r},")
+    print(")")
+    print("KNOWN_PARAM_ANSWERS: tuple[tuple[str, int, int, int, int, str, float, float, str], ...] = (")
+    for case in PARAM_CASES:
+        print(f"    {(*case, native_param_answer(*case))!r},")
     print(")")
 
 

@@ -19,7 +19,7 @@ if sys.platform != "linux":  # Triton (the dev extra's pin) ships Linux wheels o
 from kit.zo import cuda, definition
 from kit.zo.native import load as load_native
 from kit.zo.perturb import Perturber
-from scripts.zo_known_answers import CASES, native_answer
+from scripts.zo_known_answers import CASES, PARAM_CASES, native_answer, native_param_answer
 from tests import triton_aot
 
 TOP = (1 << 64) - 1
@@ -52,6 +52,9 @@ def test_known_answers_are_natives():
     assert [row[:6] for row in cuda.KNOWN_ANSWERS] == list(CASES)
     for row in cuda.KNOWN_ANSWERS:
         assert native_answer(*row[:6]) == row[6], row
+    assert [row[:8] for row in cuda.KNOWN_PARAM_ANSWERS] == list(PARAM_CASES)
+    for row in cuda.KNOWN_PARAM_ANSWERS:
+        assert native_param_answer(*row[:8]) == row[8], row
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
@@ -83,25 +86,29 @@ def test_interpreted_fused_axpy_gives_natives_weights(interpreted, dist):
 
 def test_interpreted_cuda_perturber_gives_the_native_weights(interpreted):
     """A ZO step on the cuda backend (fused passes, decay on matrices, keep_z) = the native one."""
-    results = []
-    for backend in ("native", "cuda"):
-        for keep_z in (False, True):
-            gen = torch.Generator().manual_seed(0)
-            params = [torch.randn(3, 300, generator=gen), torch.randn(40, generator=gen)]
-            pert = Perturber(params, chunk_size=512, backend=backend, keep_z=keep_z, num_threads=1)
-            pert.add(11, 1e-3)
-            pert.add(11, -2e-3)
-            pert.add(11, -5e-4, decay=0.01, restore=1e-3)
-            results.append((backend, keep_z, [_bits(p).clone() for p in params]))
-    for backend, keep_z, bits in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0][2], bits, strict=True)), (backend, keep_z)
+    # chunks: of 512 floats (a multiple of the kernel's programs) and of 100 (not one of 64)
+    for chunk in (512, 100):
+        results = []
+        for backend in ("native", "cuda"):
+            for keep_z in (False, True):
+                gen = torch.Generator().manual_seed(0)
+                params = [torch.randn(3, 300, generator=gen), torch.randn(40, generator=gen)]
+                pert = Perturber(params, chunk_size=chunk, backend=backend, keep_z=keep_z, num_threads=1)
+                zs = [_bits(z) for z in pert.z(11)]
+                pert.add(11, 1e-3)
+                pert.add(11, -2e-3)
+                pert.add(11, -5e-4, decay=0.01, restore=1e-3)
+                results.append((backend, keep_z, zs + [_bits(p).clone() for p in params]))
+        for backend, keep_z, bits in results[1:]:
+            same = all(torch.equal(a, b) for a, b in zip(results[0][2], bits, strict=True))
+            assert same, (chunk, backend, keep_z)
 
 
 def test_self_test_passes_and_auto_picks_the_kernel(interpreted, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build of torch, as far as `auto` sees
     assert definition.choose_backend("auto", torch.device("cuda")) == "cuda"
     zdef = definition.definition_of("cuda", "cuda", 1 << 20, "gaussian")
-    assert zdef.backend == "cuda" and "passed (16 known answers)" in zdef.cuda_self_test
+    assert zdef.backend == "cuda" and "passed (19 known answers)" in zdef.cuda_self_test
     assert zdef.to_dict()["cuda_self_test"] == zdef.cuda_self_test  # what summary.json gets
 
 
@@ -146,16 +153,19 @@ def _compiled_unless_asked(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
-def test_compiled_kernel_has_no_rounding_hazards(arch, dist):
+@pytest.mark.parametrize(
+    "arch, dist, per_chunk",
+    [(80, "gaussian", True), (80, "rademacher", True), (90, "gaussian", True), (90, "rademacher", True)]
+    + [(90, "gaussian", False)],  # the one-key form (known answers)
+)
+def test_compiled_kernel_has_no_rounding_hazards(arch, dist, per_chunk):
     module = triton_aot.load_module()
     # both key halves equal 1 and n = 1: the arguments Triton's launcher would specialise
     compiled, signature, constexprs = triton_aot.compile_for(
-        module, arch, (1 << 32) | 1, 1, 2, dist == "rademacher"
+        module, arch, (1 << 32) | 1, 1, 2, dist == "rademacher", per_chunk
     )
     assert signature["key_lo"] == signature["key_hi"] == "u32"
-    assert not {"key_lo", "key_hi", "n"} & set(constexprs)
+    assert not {"key_lo", "key_hi", "n", "chunk_size", "chunk_counters"} & set(constexprs)
     ptx = compiled.asm["ptx"]
     assert f".target sm_{arch}" in ptx and compiled.asm["cubin"]  # assembled by ptxas for the card
     assert triton_aot.hazards(ptx) == []
@@ -166,10 +176,12 @@ def test_compiled_kernel_has_no_rounding_hazards(arch, dist):
 
 MUTANTS = {
     "specialised keys": [
-        ('@triton.jit(do_not_specialize=("n", "key_lo", "key_hi"))', "@triton.jit"),
+        (
+            '@triton.jit(do_not_specialize=("n", "chunk_size", "chunk_counters", "key_lo", "key_hi"))',
+            "@triton.jit",
+        ),
         ("key_lo: tl.uint32", "key_lo"),
         ("key_hi: tl.uint32", "key_hi"),
-        ("key_lo.to(tl.uint32), key_hi.to(tl.uint32)", "key_lo.to(tl.uint64), key_hi.to(tl.uint64)"),
     ],
     "minus negation": [
         (
@@ -203,7 +215,7 @@ def test_ahead_of_time_check_catches_the_old_kernels_faults(name):
 def test_interpreter_check_catches_a_wrong_layout(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     source = triton_aot.KERNEL_SOURCE.read_text()
-    old = "_apply(p_ptr, z_ptr, e + 16, n, r_a * s_a, scale, keep, MODE)"
+    old = "_apply(p_ptr, z_ptr, start, e + 16, size, z1, scale, keep, MODE)"
     assert source.count(old) == 1
     module = triton_aot.load_module(source.replace(old, old.replace("e + 16", "e + 15")), "zkernel_layout")
     out = torch.empty(64)

@@ -50,22 +50,18 @@ def load_module(source: str | None = None, name: str = "zkernel_aot"):
     return module
 
 
-def compile_for(module, arch: int, key: int, n: int, mode: int, rademacher: bool):
-    """The kernel compiled for sm_<arch> as a launch of `kit.zo.cuda.CudaZ` with these arguments
-    binds it: (compiled kernel, signature types, constexpr values)."""
+def compile_for(module, arch: int, h: int, n: int, mode: int, rademacher: bool, per_chunk: bool = True):
+    """The kernel compiled for sm_<arch> as `kit.zo.cuda.CudaZ` launches it on a parameter of n
+    floats in chunks of n (key or key prefix h): (compiled kernel, signature types, constexpr values)."""
+    from kit.zo.cuda import CudaZ
+
     kernel = module.z_kernel
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    buf = torch.empty(max(n, 16), dtype=torch.float32)  # only its dtype and alignment are read
-    options = {
-        "MODE": mode,
-        "RADEMACHER": rademacher,
-        "COUNTERS": module.COUNTERS,
-        "num_warps": module.NUM_WARPS,
-        "enable_fp_fusion": False,
-    }
-    args = (buf, buf, n, key & 0xFFFFFFFF, key >> 32, 1e-3, 0.999)
+    buf = torch.empty(max(n, 16), dtype=torch.float32)[:n]  # only its dtype and alignment are read
+    dist = "rademacher" if rademacher else "gaussian"
+    _, args, options = CudaZ(module).arguments(buf, buf, h, per_chunk, n, 1e-3, 0.999, mode, dist)
     bound, specialization, opts = binder(*args, **options)
     opts, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, specialization, opts)
     compiled = triton_compile(

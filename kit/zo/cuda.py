@@ -16,6 +16,7 @@ failure one line says so and `auto` uses `portable` (the same z, slower).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from kit.zo.seeding import MASK64, splitmix64
 
 # (distribution, key, n, mode, scale, keep, sha256(float32 bytes)[:16]) from the native kernels
 # (scripts/zo_known_answers.py). Keys: halves 0 and 1 (Triton specialises an argument equal to 1),
@@ -47,6 +50,13 @@ KNOWN_ANSWERS: tuple[tuple[str, int, int, str, float, float, str], ...] = (
     ("gaussian", 4294967296, 640, "axpy", -0.002, 1.0, "7ab6f79ee4fc45f5"),
     ("gaussian", 13045, 180, "axpy", 0.0, 1.0, "49e76fcef5520820"),
     ("rademacher", 4294967297, 300, "axpy", 0.0005, 0.99, "52d7715034231435"),
+)
+# whole parameters as Perturber draws them: (distribution, seed, index, numel, chunk_size, mode,
+# scale, keep, digest); chunk c under mix(seed, index, c)
+KNOWN_PARAM_ANSWERS: tuple[tuple[str, int, int, int, int, str, float, float, str], ...] = (
+    ("gaussian", 5, 0, 1100, 512, "fill", 0.0, 1.0, "596d72914457c329"),
+    ("gaussian", 9223372036854775815, 3, 700, 100, "axpy", 0.001, 0.99, "5540e7ebccafd3ff"),
+    ("rademacher", 1, 1, 300, 64, "fill", 0.0, 1.0, "90cb025ec9be3e5b"),
 )
 
 
@@ -79,7 +89,26 @@ class CudaZ:
         self._m = module
         self._kernel = module.z_kernel
 
-    def _launch(self, p: torch.Tensor, z: torch.Tensor, key: int, scale, keep, mode, distribution):
+    def arguments(self, p, z, h: int, per_chunk: bool, chunk_size: int, scale, keep, mode, distribution):
+        """(grid, args, kwargs) of the kernel's launch for these tensors (only their dtype and
+        alignment matter to the compiler; tests/triton_aot.py compiles with exactly these)."""
+        n = p.numel()
+        chunk_size = min(chunk_size, n)
+        chunk_counters = 16 * -(-chunk_size // 64)
+        lanes = -(-n // chunk_size) * chunk_counters
+        h &= MASK64
+        args = (p, z, n, chunk_size, chunk_counters, h & 0xFFFFFFFF, h >> 32, _f32(scale), _f32(keep))
+        kwargs = {
+            "MODE": mode,
+            "RADEMACHER": distribution == "rademacher",
+            "PER_CHUNK_KEYS": per_chunk,
+            "COUNTERS": self._m.COUNTERS,
+            "num_warps": self._m.NUM_WARPS,
+            "enable_fp_fusion": False,  # no FMA contraction: each product and sum rounded on its own
+        }
+        return (-(-lanes // self._m.COUNTERS),), args, kwargs
+
+    def _launch(self, p, z, h: int, per_chunk: bool, chunk_size: int, scale, keep, mode, distribution):
         for t in (p, z):
             if t.dtype != torch.float32 or not t.is_contiguous():
                 raise ValueError("the cuda z backend works on contiguous float32 tensors")
@@ -87,39 +116,60 @@ class CudaZ:
                 raise ValueError(f"the cuda z backend works on CUDA tensors, not on {t.device}")
         if distribution not in ("gaussian", "rademacher"):
             raise ValueError(f"distribution {distribution!r} must be 'gaussian' or 'rademacher'")
-        n = max(p.numel(), z.numel())
-        if n == 0:
+        if p.numel() == 0:
             return
-        per_program = 4 * self._m.COUNTERS
-        key &= 0xFFFFFFFFFFFFFFFF
-        self._kernel[(-(-n // per_program),)](
-            p,
-            z,
-            n,
-            key & 0xFFFFFFFF,
-            key >> 32,
-            _f32(scale),
-            _f32(keep),
-            MODE=mode,
-            RADEMACHER=distribution == "rademacher",
-            COUNTERS=self._m.COUNTERS,
-            num_warps=self._m.NUM_WARPS,
-            enable_fp_fusion=False,  # no FMA contraction: each product and sum rounded on its own
-        )
+        grid, args, kwargs = self.arguments(p, z, h, per_chunk, chunk_size, scale, keep, mode, distribution)
+        with torch.cuda.device(p.device) if p.device.type == "cuda" else contextlib.nullcontext():
+            self._kernel[grid](*args, **kwargs)
 
+    # -- one chunk under a given key (the known answers, tests) --
     def fill(self, out: torch.Tensor, key: int, distribution: str = "gaussian") -> None:
         """out = z of the chunk key (its first out.numel() elements)."""
-        self._launch(out, out, key, 0.0, 1.0, self._m.MODE_FILL, distribution)
+        self._launch(out, out, key, False, out.numel(), 0.0, 1.0, self._m.MODE_FILL, distribution)
 
     def axpy(self, p: torch.Tensor, key: int, scale: float, keep: float = 1.0, distribution="gaussian"):
         """p = keep * p + scale * z (float32; each product and the sum rounded once, as native)."""
-        self._launch(p, p, key, scale, keep, self._m.MODE_AXPY, distribution)
+        self._launch(p, p, key, False, p.numel(), scale, keep, self._m.MODE_AXPY, distribution)
 
     def axpy_fill(self, p, z, key: int, scale: float, keep: float = 1.0, distribution="gaussian"):
         """z = z of the chunk key and p = keep * p + scale * z, in one pass (p and z of equal size)."""
-        if p.numel() != z.numel():
-            raise ValueError(f"axpy_fill needs p and z of one size, not {p.numel()} and {z.numel()}")
-        self._launch(p, z, key, scale, keep, self._m.MODE_AXPY_FILL, distribution)
+        _same_size(p, z)
+        self._launch(p, z, key, False, p.numel(), scale, keep, self._m.MODE_AXPY_FILL, distribution)
+
+    # -- a whole parameter: chunk c of parameter i under mix(seed, i, c), one launch --
+    def fill_param(self, out, seed: int, index: int, chunk_size: int, distribution="gaussian") -> None:
+        """out (parameter `index`, flattened) = its z(seed), chunk by chunk as `Perturber.z`."""
+        h = param_prefix(seed, index)
+        self._launch(out, out, h, True, chunk_size, 0.0, 1.0, self._m.MODE_FILL, distribution)
+
+    def axpy_param(
+        self,
+        p,
+        seed: int,
+        index: int,
+        chunk_size: int,
+        scale: float,
+        keep=1.0,
+        distribution="gaussian",
+        z=None,
+    ) -> None:
+        """p = keep * p + scale * z(seed) over parameter `index` (flattened); with `z`, also z = z(seed)."""
+        h = param_prefix(seed, index)
+        if z is None:
+            self._launch(p, p, h, True, chunk_size, scale, keep, self._m.MODE_AXPY, distribution)
+        else:
+            _same_size(p, z)
+            self._launch(p, z, h, True, chunk_size, scale, keep, self._m.MODE_AXPY_FILL, distribution)
+
+
+def param_prefix(seed: int, index: int) -> int:
+    """h with mix(seed, index, c) = splitmix64(h ^ c) >> 1 (kit/zo/seeding.py), the kernel's key input."""
+    return splitmix64(splitmix64(seed & MASK64) ^ (index & MASK64))
+
+
+def _same_size(p: torch.Tensor, z: torch.Tensor) -> None:
+    if p.numel() != z.numel():
+        raise ValueError(f"the fused pass needs p and z of one size, not {p.numel()} and {z.numel()}")
 
 
 def load(device: torch.device) -> CudaZ:
@@ -169,14 +219,15 @@ class SelfTest:
         return f"passed ({self.detail})" if self.passed else f"failed: {self.detail}"
 
 
-def self_test(kernel: CudaZ, device: torch.device, answers=None) -> SelfTest:
+def self_test(kernel: CudaZ, device: torch.device, answers=None, param_answers=None) -> SelfTest:
     """Run the kernel on every known answer on `device` (on a GPU: a few ms once compiled); the first
     mismatch fails the test."""
     answers = KNOWN_ANSWERS if answers is None else answers
+    param_answers = KNOWN_PARAM_ANSWERS if param_answers is None else param_answers
     name = _device_name(device)
     if interpreting():
         device = torch.device("cpu")  # Triton's interpreter runs the kernel on CPU tensors
-    if not answers:
+    if not answers or not param_answers:
         return SelfTest(name, False, "no known answers to compare with")
     for dist, key, n, mode, scale, keep, want in answers:
         if mode == "fill":
@@ -188,7 +239,18 @@ def self_test(kernel: CudaZ, device: torch.device, answers=None) -> SelfTest:
         got = digest(out)
         if got != want:
             return SelfTest(name, False, f"{dist} {mode} key={key} n={n}: digest {got}, native's {want}")
-    return SelfTest(name, True, f"{len(answers)} known answers")
+    for dist, seed, index, n, chunk, mode, scale, keep, want in param_answers:
+        if mode == "fill":
+            out = torch.empty(n, dtype=torch.float32, device=device)
+            kernel.fill_param(out, seed, index, chunk, dist)
+        else:
+            out = start_weights(n).to(device)
+            kernel.axpy_param(out, seed, index, chunk, scale, keep, dist)
+        got = digest(out)
+        if got != want:
+            where = f"seed={seed} index={index} n={n} chunks of {chunk}"
+            return SelfTest(name, False, f"{dist} {mode} {where}: digest {got}, native's {want}")
+    return SelfTest(name, True, f"{len(answers) + len(param_answers)} known answers")
 
 
 def _device_name(device: torch.device) -> str:

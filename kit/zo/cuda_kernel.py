@@ -1,10 +1,13 @@
 """z's definition (kit/zo/native/zkernel.c) as one fused Triton kernel. Imports Triton: load it only
 through `kit.zo.cuda.load`, so CPU installs never need Triton.
 
-One lane (one GPU thread at COUNTERS = 32 num_warps) runs one Philox counter j = 16 b + t and uses
-all four of its words: element 16 q + t of block b (q = 0..3), i.e. elements 64 (j >> 4) + (j & 15)
-+ 16 q of the chunk. gaussian: q = 0, 1 are r cos a, r sin a from words (w0, w1), q = 2, 3 the same
-from (w2, w3); rademacher: the sign bit of w_q. Per element the kernel then, in one pass,
+One launch covers a whole parameter: its chunks of chunk_size elements, each under its own key
+mix(seed, i, c), derived in the kernel (SplitMix64 of a per-parameter prefix), so a pass costs one
+launch per parameter, not one per chunk. One lane (one GPU thread at COUNTERS = 32 num_warps) runs
+one Philox counter j = 16 b + t of one chunk and uses all four of its words: element 16 q + t of
+block b (q = 0..3), i.e. elements 64 (j >> 4) + (j & 15) + 16 q of the chunk. gaussian: q = 0, 1
+are r cos a, r sin a from words (w0, w1), q = 2, 3 the same from (w2, w3); rademacher: the sign
+bit of w_q. Per element the kernel then, in one pass,
 
     MODE_FILL:       z_out = z
     MODE_AXPY:       p = keep * p + scale * z                    (perturb, restore, update, decay)
@@ -13,10 +16,10 @@ from (w2, w3); rademacher: the sign bit of w_q. Per element the kernel then, in 
 Bit-exact by construction, whatever the Triton version or GPU: every float operation is an IEEE
 round-to-nearest float32 operation (launched with FMA contraction off; divisions `div_rn` and square
 roots `sqrt_rn`, as Triton's `/` and `tl.sqrt` are approximations), and a sign is changed by XOR of
-the sign bit, never by a float negation (`-x` was `0 - x` in older Triton: -(+0) = +0). The chunk key's
+the sign bit, never by a float negation (`-x` was `0 - x` in older Triton: -(+0) = +0). The key's
 halves are typed uint32 and never specialised: Triton's launcher turns an integer argument equal to
-1 into a constant otherwise (a different, untested program for 1 key in ~2^31); nor is the size n
-(one compiled program per distribution and mode, whatever the chunk's length). The ahead-of-time
+1 into a constant otherwise (a different, untested program for 1 key in ~2^31); nor are the sizes
+(one compiled program per distribution, mode and key kind, whatever the lengths). The ahead-of-time
 test (tests/test_zo_cuda_kernel.py) checks all of this in the PTX for sm_80 and sm_90.
 """
 
@@ -86,54 +89,80 @@ def _cos_sin(wa):
 
 
 @triton.jit
-def _apply(p_ptr, z_ptr, e, n, z, scale, keep, MODE: tl.constexpr):
-    """The per-element work of MODE at elements e (< n) with their z."""
-    mask = e < n
+def _apply(p_ptr, z_ptr, start, e, size, z, scale, keep, MODE: tl.constexpr):
+    """The per-element work of MODE at chunk elements e (< size) of the chunk at `start`."""
+    mask = e < size
+    at = start + e
     if MODE != 0:  # MODE_FILL
-        p = tl.load(p_ptr + e, mask=mask, other=0.0)
-        tl.store(p_ptr + e, keep * p + scale * z, mask=mask)
+        p = tl.load(p_ptr + at, mask=mask, other=0.0)
+        tl.store(p_ptr + at, keep * p + scale * z, mask=mask)
     if MODE != 1:  # MODE_AXPY
-        tl.store(z_ptr + e, z, mask=mask)
+        tl.store(z_ptr + at, z, mask=mask)
 
 
-@triton.jit(do_not_specialize=("n", "key_lo", "key_hi"))
+@triton.jit
+def _splitmix64(x):
+    """SplitMix64 (kit/zo/seeding.py) on uint64 (wrapping arithmetic)."""
+    x = x + 0x9E3779B97F4A7C15
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+@triton.jit(do_not_specialize=("n", "chunk_size", "chunk_counters", "key_lo", "key_hi"))
 def z_kernel(
     p_ptr,
     z_ptr,
     n,
+    chunk_size,
+    chunk_counters,
     key_lo: tl.uint32,
     key_hi: tl.uint32,
     scale,
     keep,
     MODE: tl.constexpr,
     RADEMACHER: tl.constexpr,
+    PER_CHUNK_KEYS: tl.constexpr,
     COUNTERS: tl.constexpr,
 ):
-    j = tl.program_id(0).to(tl.int64) * COUNTERS + tl.arange(0, COUNTERS)
+    """n elements cut in chunks of chunk_size (chunk_counters = 16 ceil(chunk_size / 64) counters
+    each). PER_CHUNK_KEYS: chunk c's key is mix(seed, i, c) = splitmix64(h ^ c) >> 1 with
+    h = (key_hi, key_lo) = splitmix64(splitmix64(seed) ^ i) (kit/zo/seeding.py); else one chunk
+    (chunk_size = n) under the key (key_hi, key_lo)."""
+    lane = tl.program_id(0).to(tl.int64) * COUNTERS + tl.arange(0, COUNTERS)
+    c = lane // chunk_counters
+    j = lane - c * chunk_counters  # the Philox counter within chunk c
+    start = c * chunk_size
+    size = tl.minimum(n - start, chunk_size)  # <= 0 past the last chunk: all masked
+    h = (key_hi.to(tl.uint64) << 32) | key_lo.to(tl.uint64)
+    if PER_CHUNK_KEYS:  # noqa: SIM108 (a constexpr branch: only one is compiled)
+        key = _splitmix64(h ^ c.to(tl.uint64)) >> 1
+    else:
+        key = h + tl.full((COUNTERS,), 0, tl.uint64)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
     c0 = (j & 0xFFFFFFFF).to(tl.uint32)
     c1 = (j >> 32).to(tl.uint32)
     zero = tl.full((COUNTERS,), 0, tl.uint32)
     domain = 1 if RADEMACHER else 0
-    w0, w1, w2, w3 = _philox(c0, c1, zero + domain, zero, key_lo.to(tl.uint32), key_hi.to(tl.uint32))
-    e = (j >> 4) * 64 + (j & 15)  # element of q = 0; q adds 16 q
+    w0, w1, w2, w3 = _philox(c0, c1, zero + domain, zero, k0, k1)
+    e = (j >> 4) * 64 + (j & 15)  # chunk element of q = 0; q adds 16 q
     if RADEMACHER:
         one = tl.full((COUNTERS,), 0x3F800000, tl.uint32)
-        _apply(p_ptr, z_ptr, e, n, (one | (w0 & 0x80000000)).to(tl.float32, bitcast=True), scale, keep, MODE)
-        _apply(
-            p_ptr, z_ptr, e + 16, n, (one | (w1 & 0x80000000)).to(tl.float32, bitcast=True), scale, keep, MODE
-        )
-        _apply(
-            p_ptr, z_ptr, e + 32, n, (one | (w2 & 0x80000000)).to(tl.float32, bitcast=True), scale, keep, MODE
-        )
-        _apply(
-            p_ptr, z_ptr, e + 48, n, (one | (w3 & 0x80000000)).to(tl.float32, bitcast=True), scale, keep, MODE
-        )
+        z0 = (one | (w0 & 0x80000000)).to(tl.float32, bitcast=True)
+        z1 = (one | (w1 & 0x80000000)).to(tl.float32, bitcast=True)
+        z2 = (one | (w2 & 0x80000000)).to(tl.float32, bitcast=True)
+        z3 = (one | (w3 & 0x80000000)).to(tl.float32, bitcast=True)
     else:
         r_a = _radius(w0)
         c_a, s_a = _cos_sin(w1)
-        _apply(p_ptr, z_ptr, e, n, r_a * c_a, scale, keep, MODE)
-        _apply(p_ptr, z_ptr, e + 16, n, r_a * s_a, scale, keep, MODE)
         r_b = _radius(w2)
         c_b, s_b = _cos_sin(w3)
-        _apply(p_ptr, z_ptr, e + 32, n, r_b * c_b, scale, keep, MODE)
-        _apply(p_ptr, z_ptr, e + 48, n, r_b * s_b, scale, keep, MODE)
+        z0 = r_a * c_a
+        z1 = r_a * s_a
+        z2 = r_b * c_b
+        z3 = r_b * s_b
+    _apply(p_ptr, z_ptr, start, e, size, z0, scale, keep, MODE)
+    _apply(p_ptr, z_ptr, start, e + 16, size, z1, scale, keep, MODE)
+    _apply(p_ptr, z_ptr, start, e + 32, size, z2, scale, keep, MODE)
+    _apply(p_ptr, z_ptr, start, e + 48, size, z3, scale, keep, MODE)
