@@ -318,7 +318,7 @@ def section_paper_run(ctx: dict) -> dict:
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     t0 = time.perf_counter()
     config = tiny_config() if reduced else datajuicer_config(24)
-    paper_shape.build(work / "model", vocab=32000, config=config)
+    paper_shape.build(work / "model", vocab=32000, config=config, device=str(device))
     built_s = time.perf_counter() - t0
     run = work / "run"
     cmd = [
