@@ -442,6 +442,10 @@ def main() -> None:
             }
         report["sections"][name]["seconds"] = time.perf_counter() - t0
         report["total_s"] = time.perf_counter() - start
+        if "kit.zo.cuda" in sys.modules:  # the kernel's start-up self-test(s) in this process
+            report["cuda_self_test"] = {
+                d: r.record() for d, r in sys.modules["kit.zo.cuda"].results().items()
+            }
         (args.out / f"gpu-{slug}.json").write_text(json.dumps(report, indent=1, default=str))
         (args.out / f"gpu-{slug}.md").write_text(markdown(report))
     print(

@@ -21,6 +21,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,8 +272,13 @@ def checked(device: torch.device, fallback: bool = True) -> SelfTest:
     key = str(device)
     with _lock:
         if key not in _results:
+            t0 = time.perf_counter()
             try:
                 result = self_test(load(device), device)
+                if result.passed:  # the first launches compile the kernel (cached on disk after)
+                    result = SelfTest(
+                        result.device, True, f"{result.detail}, {time.perf_counter() - t0:.2f} s"
+                    )
             except Exception as exc:  # any failure to build or run the kernel means: do not use it
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 result = SelfTest(_device_name(device), False, f"{type(exc).__name__}: {first[:200]}")
