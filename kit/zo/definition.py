@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from kit.errors import UsageError
+
 Backend = Literal["auto", "native", "cuda", "portable", "torch"]
 BACKENDS = ("auto", "native", "cuda", "portable", "torch")
 PHILOX = "philox"  # the family of native, cuda and portable
@@ -115,7 +117,7 @@ def choose_backend(requested: str, device: torch.device, recorded: ZDefinition |
 
         result = checked(device, fallback=False)
         if not result.passed:
-            raise ValueError(
+            raise UsageError(
                 f"the cuda z kernel failed its self-test on {result.device} ({result.detail}): its z "
                 "would not be native's; use --model.zo_backend portable (same z) or auto"
             )
