@@ -41,9 +41,10 @@ class FedKSeedModule(pl.LightningModule):
         keep_z: ZO: keep z between the three passes of a step (one extra copy of the weights, fewer
             draws); off regenerates z in every pass and needs no memory beyond the weights.
         zo_backend: how z is computed. One z (Philox-4x32-10 + float32 Box-Muller), the same bits on
-            every device: "native" (C kernels, CPU; needs a C compiler), "cuda" (Triton kernel, NVIDIA
-            GPUs; not yet verified on a GPU, so not the default), "portable" (plain torch ops, any
-            device, slower). "auto": native on CPU (portable without a compiler), portable on GPUs.
+            every device: "native" (C kernels, CPU; needs a C compiler), "cuda" (one fused Triton
+            kernel, NVIDIA GPUs), "portable" (plain torch ops, any device, slower). "auto": native on
+            CPU (portable without a compiler); on NVIDIA GPUs cuda once its start-up self-test (known
+            answers from native) passed on the device, else portable with a one-line notice.
             "torch" is the legacy z (a torch.Generator per chunk): its values depend on the device
             type and, on CUDA, the GPU model, so its runs rebuild only on the same hardware.
         forward_dtype: precision of the forward passes (autocast): "bfloat16" / "float16" run the

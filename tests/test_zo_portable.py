@@ -121,7 +121,9 @@ def test_auto_without_a_compiler_uses_portable_with_a_notice(tmp_path, monkeypat
     assert pert.backend == "portable" and pert.definition.family == "philox"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "portable" in err and "gcc" in err
-    assert definition.choose_backend("auto", torch.device("cuda")) == "portable"  # cuda kernel unverified
+    assert (
+        definition.choose_backend("auto", torch.device("cuda")) == "portable"
+    )  # a CPU build of torch: no kernel
 
 
 def test_recorded_definitions_choose_the_backend_or_refuse():

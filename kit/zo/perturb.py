@@ -123,13 +123,16 @@ class Perturber:
                 self.units.append((i, c, start, size, offset))
                 offset += size
         self.numel = offset
+        self._param_offsets = [0]  # where each parameter starts in the flat (kept) z
+        for p in self.params[:-1]:
+            self._param_offsets.append(self._param_offsets[-1] + p.numel())
         self.keep_z = keep_z
         self._kept: torch.Tensor | None = None
         self._kept_seed: int | None = None
         self._local = threading.local()
         workers = num_threads or torch.get_num_threads()
         # portable: torch's own ops already use every core
-        threaded = self.device.type == "cpu" and workers > 1 and backend != "portable"
+        threaded = self.device.type == "cpu" and workers > 1 and backend not in ("portable", "cuda")
         self._pool = ThreadPoolExecutor(workers) if threaded else None
         # native: the units go to the pool in a few size-balanced batches (a task per unit costs more
         # in thread hand-offs than the kernels of the many small units take); z does not change
@@ -153,6 +156,10 @@ class Perturber:
         if self._native is not None:
             for i, c, start, size, _ in self.units:
                 self._native.fill(out[i].data_ptr() + 4 * start, size, mix(seed, i, c), self.distribution)
+            return out
+        if self._cuda is not None:
+            for i, t in enumerate(out):
+                self._cuda.fill_param(t.view(-1), seed, i, self.chunk_size, self.distribution)
             return out
         for i, c, start, size, _ in self.units:
             self._draw(out[i].view(-1)[start : start + size], seed, i, c)
@@ -197,7 +204,9 @@ class Perturber:
                 keep = 1.0 - d
                 portable.axpy_(p, z, keep * restore + alpha, keep)
 
-        if self._native is not None:
+        if self._cuda is not None:  # one fused launch per parameter, all its chunks
+            self._cuda_add(seed, alpha, decay, restore, use_kept, fill_kept)
+        elif self._native is not None:
             run_unit = self._native_run(seed, alpha, decay, restore, use_kept, fill_kept)
             if self._pool is None:
                 for unit in self.units:
@@ -209,11 +218,25 @@ class Perturber:
                 run(unit)
         else:
             list(self._pool.map(run, self.units))
-        if self._native is not None:
+        if self._native is not None or self._cuda is not None:
             for p in self.params:  # raw-pointer writes: tell autograd the tensors changed, as add_ does
                 torch.autograd.graph.increment_version(p)
         if fill_kept:
             self._kept_seed = seed
+
+    def _cuda_add(self, seed, alpha, decay, restore, use_kept, fill_kept) -> None:
+        """`add` on the Triton kernel: per parameter one launch (draw + axpy, z kept if asked), or
+        with the kept z the same float32 axpy in torch ops."""
+        for i, (p, start) in enumerate(zip(self.params, self._param_offsets, strict=True)):
+            keep = 1.0 - decay if decay and decays(p) else 1.0
+            flat = p.view(-1)
+            kept = self._kept[start : start + flat.numel()] if use_kept or fill_kept else None
+            if use_kept:
+                portable.axpy_(flat, kept, keep * restore + alpha, keep)
+            else:
+                self._cuda.axpy_param(
+                    flat, seed, i, self.chunk_size, keep * restore + alpha, keep, self.distribution, z=kept
+                )
 
     def _native_run(self, seed, alpha, decay, restore, use_kept, fill_kept):
         """The per-unit work of `add` on the native kernels (ctypes releases the GIL: the pool runs
