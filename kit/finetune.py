@@ -47,6 +47,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | No
         federation_seed=settings.seed,
         lr=float(hp["lr"]),
         weight_decay=float(hp["weight_decay"]),
+        local_steps=settings.local_steps,
         method=hp["method"],
         global_weights_sha256=digests[-1] if digests else state["theta0"]["sha256"],
         downlinks=[g.numpy() for g in state["method_state"]["downlinks"]],
@@ -75,8 +76,9 @@ def materialize(
     try:
         check_same(zdef, perturber.definition, str(seed_file))
         pool = SeedPool(sf.num_seeds, sf.federation_seed)
+        decay = sf.round_decay()  # the server's global update decays matrices as tau local steps do
         for g in sf.downlinks:
-            apply_scalars(perturber, pool, g, sf.lr, sf.weight_decay)
+            apply_scalars(perturber, pool, g, sf.lr, decay)
     finally:
         perturber.close()
     check_rebuilt(sf.global_weights_sha256, net, str(seed_file))

@@ -127,9 +127,10 @@ def test_catchup_plan_picks_the_cheapest_allowed_way():
     assert plan_catchup([80], 80, n).passes == 80 and plan_catchup([80], 80, n).seconds == pytest.approx(0.16)
 
 
-def test_recipe_refuses_methods_flower_does_not_run(tmp_path):
-    with pytest.raises(ValueError, match="--method fedit is not supported on Flower"):
-        load_recipe([], {"method": "fedit"})
+def test_recipe_refuses_unknown_methods_and_missing_files(tmp_path):
+    assert load_recipe([], {"method": "fedit"}).method == "fedit"  # every method runs on Flower
+    with pytest.raises(ValueError, match="unknown method 'fedx'.*one of fedkseed, fedkseed-pro"):
+        load_recipe([], {"method": "fedx"})
     with pytest.raises(FileNotFoundError, match="recipe .* not found"):
         load_recipe([str(tmp_path / "missing.yaml")])
 

@@ -17,7 +17,7 @@ import yaml
 
 from kit.data.datamodule import FederatedDataModule
 from kit.loop import FederatedLoop
-from kit.methods import SCALAR_PAYLOAD
+from kit.methods import METHODS
 from kit.methods.base import FedSettings
 from kit.module import FedKSeedModule
 from kit.rebuild import _defaults
@@ -69,9 +69,9 @@ def load_recipe(paths: list[str], overrides: dict | None = None) -> Recipe:
     for key, value in (overrides or {}).items():
         _set(tree, key, value)
     method = tree.get("method", tree.get("model", {}).get("method", "fedkseed"))
-    if method not in SCALAR_PAYLOAD:
+    if method not in METHODS:
         raise ValueError(
-            f"--method {method} is not supported on Flower: kit.deploy runs {' or '.join(SCALAR_PAYLOAD)}"
+            f"unknown method {method!r}: fix the recipe's `method` (one of {', '.join(METHODS)})"
         )
     hp = {**_defaults(FedKSeedModule), **tree.get("model", {}), "method": method}
     data = {**_defaults(FederatedDataModule), **tree.get("data", {})}

@@ -3,10 +3,11 @@
 A node hosts the clients `c` with `c % num_partitions == partition_id`. Its replica is the global
 model at the last round it synced to, kept on disk (`replica-<round>.bin`, written atomically) so it
 survives the ClientApp process (one per message) and a killed SuperNode. Each message first syncs
-the replica to the round the server names: a weights download when the server sent weights, then
-the downlinks the replica misses, replayed in order (`kit.federation.sync.replay`, bit-identical to
-the server) or merged (`merged_replay`, when the server allowed it). Clients then train tau steps
-from the synced replica, exactly as the Lightning loop trains them.
+the replica to the round the server names: the global state when the server sent it (every
+tensor-payload method; FedKSeed when cheaper), then the method's own catch-up over the downlinks the
+replica misses (`Method.catch_up`: FedKSeed replays them, bit-identical to the server, or merged
+when the server allowed it). Clients then train tau steps from the synced replica, exactly as the
+Lightning loop trains them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import torch
 from kit import evaluation
 from kit.deploy.recipe import Recipe
 from kit.federation.catchup import MERGED
-from kit.federation.messages import decode_downlink
-from kit.federation.sync import merged_replay, replay
-from kit.methods import build_method
-from kit.methods.fedkseed import FedKSeed
+from kit.methods import Method, build_method
 from kit.models import load_model
 from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
@@ -39,7 +37,7 @@ class _Runtime:
 
     dm: object
     module: FedKSeedModule
-    method: FedKSeed
+    method: Method
     params: list[torch.Tensor]
 
 
@@ -50,6 +48,16 @@ def recipe_key(recipe: Recipe) -> str:
     """A short digest of the resolved recipe: replicas of another recipe are never mixed up."""
     text = json.dumps([recipe.method, recipe.hp, recipe.data, recipe.fed], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _initial_global(recipe: Recipe) -> list[torch.Tensor]:
+    """The global parameters before round 1: the method's prepared model from θ₀ (e.g. seeded adapters)."""
+    method = build_method(recipe.method, recipe.hp, recipe.settings)
+    try:
+        method.prepare(load_model(recipe.hp["model"], dtype="float32", device="cpu"))
+        return [p.detach() for p in method.global_params()]
+    finally:
+        method.close()
 
 
 def _runtime(recipe: Recipe) -> _Runtime:
@@ -91,9 +99,8 @@ class NodeReplica:
         """Put the replica into the model; returns its round."""
         rnd = self.saved_round()
         if rnd == 0:
-            theta0 = load_model(self.recipe.hp["model"], dtype="float32", device="cpu")
             with torch.no_grad():
-                for p, q in zip(self.rt.params, theta0.parameters(), strict=True):
+                for p, q in zip(self.rt.params, _initial_global(self.recipe), strict=True):
                     p.copy_(q)
         else:
             WeightSnapshot(self.rt.params, "disk", self._file(rnd)).restore()
@@ -110,11 +117,10 @@ class NodeReplica:
     def sync(self, target: int, first: int, downlinks: list[bytes], kind: str, weights=None) -> dict:
         """Bring the replica to round `target` and save it; returns what was done.
 
-        `downlinks` are the encoded downlinks of rounds first..target (the last one also carries
-        Pro's probabilities); `weights` (float32 arrays in parameter order) are the global model of
-        round `target` when the server chose a download.
+        `downlinks` are the encoded downlinks of rounds first..target (methods that replay; the last
+        one also carries the next round's client-side state); `weights` (float32 arrays in
+        `global_params()` order) are the global state of round `target` when the server sent it.
         """
-        m = self.rt.method
         at = self.load()
         done = "none"
         if weights is not None and at < target:
@@ -125,27 +131,19 @@ class NodeReplica:
         rounds = list(range(first, first + len(downlinks)))
         if rounds and rounds[-1] != target:
             raise ValueError(f"downlinks end at round {rounds[-1]}, the server names round {target}")
-        missing = [(r, w) for r, w in zip(rounds, downlinks, strict=True) if r > at]
-        if missing and missing[0][0] != at + 1:
-            raise ValueError(
-                f"the replica is at round {at} and the server sent downlinks from round {missing[0][0]}: "
-                f"it must resend from round {at + 1}"
-            )
         if at > target:
             raise ValueError(f"the replica is at round {at}, ahead of the server's round {target}")
-        decoded = [decode_downlink(w, m.pool.k, m.pool.fingerprint, expected_round=r) for r, w in missing]
-        passes = 0
-        if decoded:
-            catch_up = merged_replay if kind == MERGED else replay
-            args = () if kind == MERGED else (m.hp["weight_decay"],)
-            passes = catch_up(m.perturber, m.pool, decoded, m.hp["lr"], *args)
+        missing = [r for r in rounds if r > at]
+        if at < target and (not missing or missing[0] != at + 1):
+            sent = f"downlinks from round {missing[0]}" if missing else "no downlink and no global state"
+            raise ValueError(
+                f"the replica is at round {at} and the server sent {sent}: it must resend from round {at + 1}"
+            )
+        passes = self.rt.method.catch_up(at, list(zip(rounds, downlinks, strict=True)), kind == MERGED)
+        if missing:
             done = MERGED if kind == MERGED else "replay"
-        if downlinks:  # the round's seed probabilities (Pro) come with the last downlink
-            m.probs = decode_downlink(downlinks[-1], m.pool.k, m.pool.fingerprint, target).probabilities
-        else:
-            m.probs = m.server.probabilities()  # round 1: the initial (uniform) ones, as the server's
-        if at != target or done != "none":
-            self.save(target)
+        if at != target or done != "none" or not self._file(target).is_file():
+            self.save(target)  # (round 0 too: a client's start values are read back from the file)
         return {"sync": done, "sync-passes": passes, "replica-round": target, "replica-digest": self.digest()}
 
     def digest(self) -> str:
@@ -167,7 +165,8 @@ class NodeReplica:
             )
         rt, steps = self.rt, int(self.recipe.fed["local_steps"])
         rt.dm.set_round_plan(server_round, [(client_id, steps)])
-        client = rt.method.client(server_round, client_id, rt.module.batch_loss, None)
+        saved = WeightSnapshot(rt.params, "disk", self._file(self.saved_round())).saved
+        client = rt.method.client(server_round, client_id, rt.module.batch_loss, saved)
         loss, trained, skipped = 0.0, 0, 0
         rt.module.net.train()  # as under the Trainer
         for batch in rt.dm.round_batches():

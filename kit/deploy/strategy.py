@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -35,8 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from kit.atomic import fsync_replace, load_verified
 from kit.deploy.recipe import Recipe
 from kit.deploy.wire import flower_bytes
-from kit.federation.catchup import WEIGHTS, plan_catchup
-from kit.federation.messages import Downlink, encode_downlink
+from kit.federation.catchup import NONE, WEIGHTS, plan_catchup
 from kit.federation.server import sample_clients
 from kit.methods import build_method
 from kit.models import load_model
@@ -74,7 +72,7 @@ class FedKSeedStrategy(Strategy):
         self.replay_rate, self.bandwidth, self.merged_after = replay_rate, bandwidth, merged_after
         self.method = build_method(recipe.method, recipe.hp, recipe.settings)
         self.net = self.method.prepare(load_model(recipe.hp["model"], dtype="float32", device="cpu"))
-        self.num_params = sum(p.numel() for p in self.net.parameters())
+        self.num_params = sum(p.numel() for p in self.method.global_params())
         self.rounds_done = 0
         self.history: list[dict] = []
         self.resumed_at: list[int] = []  # rounds_done at each restart from the checkpoint
@@ -86,13 +84,6 @@ class FedKSeedStrategy(Strategy):
         if self.ckpt.is_file():
             self._load_checkpoint()
         self._digest = weights_digest(self.net)
-
-    # -- the downlinks, the kit's own bytes --------------------------------------------------------
-    def downlink_wire(self, rnd: int) -> bytes:
-        """Round `rnd`'s downlink; the newest one also carries the next round's Pro probabilities."""
-        probs = self.method.probs if rnd == self.rounds_done else None
-        g = self.method.downlinks[rnd - 1]
-        return encode_downlink(Downlink(rnd, g, probs), self.method.pool.fingerprint)
 
     # -- the deadline ------------------------------------------------------------------------------
     def exchange(
@@ -150,28 +141,32 @@ class FedKSeedStrategy(Strategy):
 
     # -- 1) configure_train ------------------------------------------------------------------------
     def _sync_records(self, node: int, target: int) -> tuple[RecordDict, int]:
-        """What `node` needs to reach round `target`, and the payload bytes of it."""
-        have = min(self.synced.get(node, 0), target)
-        missed = self.method.downlinks[have:target]
-        union = int(np.count_nonzero(np.any(np.stack(missed), axis=0))) if missed else 0
-        plan = plan_catchup(
-            [int(np.count_nonzero(g)) for g in missed],
-            union,
-            self.num_params,
-            self.replay_rate,
-            self.bandwidth,
-            self.merged_after,
-        )
-        # the target round's downlink always travels: it carries the round's Pro probabilities
-        first = max(target if plan.kind == WEIGHTS else min(have + 1, target), 1)
-        downlinks = [self.downlink_wire(r) for r in range(first, target + 1)]
-        cfg = {"target": target, "first": first, "downlinks": downlinks, "sync": plan.kind}
+        """What `node` needs to reach round `target`, and the payload bytes of it.
+
+        A method that replays (FedKSeed) sends the missed downlinks, or the global state when the
+        catch-up cost model finds a download cheaper; the others always send the global state."""
+        m, have = self.method, min(self.synced.get(node, 0), target)
+        cost = m.replay_cost(have + 1, target)
+        if cost is None:  # a tensor-payload method: its node downloads the global state
+            kind = WEIGHTS if have < target else NONE
+            first, downlinks = target + 1, []
+        else:
+            per_round, union = cost
+            merged_after = self.merged_after if union is not None else 0
+            plan = plan_catchup(
+                per_round, union or 0, self.num_params, self.replay_rate, self.bandwidth, merged_after
+            )
+            kind = plan.kind
+            # the target round's downlink always travels: it carries the next round's client state
+            first = max(target if kind == WEIGHTS else min(have + 1, target), 1)
+            downlinks = [m.downlink(r) for r in range(first, target + 1)]
+        cfg = {"target": target, "first": first, "downlinks": downlinks, "sync": kind}
         records = RecordDict({"sync": ConfigRecord(cfg)})
         payload = sum(len(d) for d in downlinks)
-        if plan.kind == WEIGHTS:
-            arrays = [p.detach().cpu().numpy().copy() for p in self.net.parameters()]
+        if kind == WEIGHTS:
+            arrays = [p.detach().cpu().numpy().copy() for p in m.global_params()]
             records["weights"] = ArrayRecord(arrays)
-            payload += 4 * self.num_params
+            payload += sum(4 * a.size for a in arrays)
         return records, payload
 
     def configure_train(
