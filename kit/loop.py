@@ -17,25 +17,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.federation.faults import FaultModel
-from kit.federation.server import sample_clients
-from kit.identity import check_rebuilt, check_theta0, theta0_identity, weights_digest
+from kit.identity import weights_digest
 from kit.methods import FedSettings, Method, build_method
 from kit.metrics_csv import RoundCSVLogger
 from kit.reporting import RunReporter, headline, log_rouge_tables
+from kit.rounds import ClientTally, aggregate_round, plan_round, prepare_model, round_metrics, run_facts
+from kit.rounds.state import check_method, checkpoint_state, restore_global
 from kit.snapshot import WeightSnapshot
-from kit.zo.definition import ZDefinition, check_same
 
 
 class FederatedLoop(pl.Callback):
@@ -148,15 +146,13 @@ class FederatedLoop(pl.Callback):
         path = self.run_dir / f".global_weights.rank{trainer.global_rank}.bin"
         self._snapshot = WeightSnapshot(self.method.global_params(), where, path)
         if self._loaded is not None:  # resumed: the global model from the checkpoint's global state
-            self.method.load_state_dict(self._loaded)
-            self.method.restore_global()
+            state = {"rounds_done": self.rounds_done, "round_digests": self.round_digests}
+            restore_global(self.method, self._loaded, pl_module.net, state, "the checkpoint")
             self._loaded = None
             if trainer.is_global_zero:  # metrics.csv: keep the checkpointed rounds' rows, drop later ones
                 for logger in trainer.loggers:
                     if isinstance(logger, RoundCSVLogger):
                         logger.resume(self.rounds_done)
-            if len(self.round_digests) == self.rounds_done > 0:
-                check_rebuilt(self.round_digests[-1], pl_module.net, "the checkpoint")
         elif self.reporter.eval_loss_before is None:
             self.reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
             self.reporter.log(trainer, {"eval/loss": self.reporter.eval_loss_before}, step=0)
@@ -172,21 +168,12 @@ class FederatedLoop(pl.Callback):
             )
 
     def _prepare(self, pl_module) -> None:
-        """theta_0's identity, then the method's model; on resume both checked against the checkpoint
-        (same theta_0, and z drawn as recorded whatever this device's default backend)."""
-        self.theta0 = theta0_identity(pl_module.hparams.model, pl_module.net)
-        if self._recorded.get("theta0"):
-            check_theta0(self._recorded["theta0"], self.theta0, "the checkpoint")
-        if self._recorded.get("z"):
-            self.method.z_record = ZDefinition.from_dict(self._recorded["z"])
-        pl_module.net = self.method.prepare(pl_module.net)
-        if self.method.z_record is not None:
-            check_same(self.method.z_record, self.method.z_definition(), "the checkpoint")
+        """theta_0's identity, then the method's model; on resume both checked against the checkpoint."""
+        net, self.theta0 = prepare_model(
+            self.method, pl_module.net, pl_module.hparams.model, self._recorded, "the checkpoint"
+        )
+        pl_module.net = net
         self._prepared = True
-
-    def _z(self) -> dict | None:
-        zdef = self.method.z_definition()
-        return zdef.to_dict() if zdef is not None else None
 
     # -- 1) configure_train ------------------------------------------------------------------
     def _plan_round(self, trainer: pl.Trainer, rnd: int) -> None:
@@ -195,30 +182,25 @@ class FederatedLoop(pl.Callback):
         Done before the round starts: Lightning fetches the first batch before `on_train_epoch_start`.
         """
         dm = trainer.datamodule
-        clients = sample_clients(self.seed, rnd, dm.num_clients_effective, self.fraction)
-        faults = self.faults.round(self.seed, rnd, clients)
-        # clients that drop out or miss the deadline do not train: their uplink would be discarded
-        mine = faults.arrived[trainer.global_rank :: trainer.world_size]
+        num = dm.num_clients_effective
+        plan = plan_round(self.seed, rnd, num, self.fraction, self.faults, self.local_steps)
+        world = trainer.world_size
+        mine = list(plan.steps[trainer.global_rank :: world])
         # Lightning syncs the processes at every step, so all of them must run as many steps
-        padding = -(-len(faults.arrived) // trainer.world_size) - len(mine)
-        plan = [(c, self.local_steps) for c in mine] + [(IDLE, self.local_steps)] * padding
-        dm.set_round_plan(rnd, plan or [(IDLE, 1)])  # an epoch needs a step, even with every client missing
-        self._round = {
-            "round": rnd,
-            "clients": clients,
-            "faults": faults,
-            "mine": mine,
-            "rows": {},
-            "client": None,
-        }
+        most = max(sum(n for _, n in plan.steps[r::world]) for r in range(world))
+        idle = most - sum(n for _, n in mine)
+        pad = [(IDLE, idle)] if idle else []
+        # an epoch needs a step, even with every client missing
+        dm.set_round_plan(rnd, mine + pad or [(IDLE, 1)])
+        self._round = {"plan": plan, "mine": [c for c, _ in mine], "rows": {}, "client": None}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._round["t0"] = time.perf_counter()
         if trainer.is_global_zero and self.progress:
-            total = len(self._round["mine"]) * self.local_steps
+            plan = self._round["plan"]
             self._steps_bar = tqdm(
-                total=total,
-                desc=f"round {self._round['round']} local steps",
+                total=sum(plan.steps_of(c) for c in self._round["mine"]),
+                desc=f"round {plan.round} local steps",
                 position=1,
                 leave=False,
                 dynamic_ncols=True,
@@ -229,73 +211,60 @@ class FederatedLoop(pl.Callback):
         client = int(batch["client_id"])
         if client == IDLE:
             return
-        c = self._round["client"]
-        if c is None or c["id"] != client:
+        tally = self._round["client"]
+        if tally is None or tally.client != client:
             self._snapshot.restore()  # every client starts from the round's global parameters
             pl_module.client = self.method.client(
-                self._round["round"], client, pl_module.batch_loss, self._snapshot.saved
+                self._round["plan"].round, client, pl_module.batch_loss, self._snapshot.saved
             )
-            self._round["client"] = {"id": client, "loss": 0.0, "steps": 0, "skipped": 0}
+            self._round["client"] = ClientTally(client)
         self._step_t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if int(batch["client_id"]) == IDLE:
             return
         self.reporter.step_times.append(time.perf_counter() - self._step_t0)
-        step, c = outputs["step"], self._round["client"]
-        if step.skipped:
-            c["skipped"] += 1
-        else:
-            c["loss"] += step.loss
-            c["steps"] += 1
+        step, tally = outputs["step"], self._round["client"]
+        tally.add(step)
         if trainer.is_global_zero and self.progress:
             self._steps_bar.update(1)
-            self._steps_bar.set_postfix(client=c["id"], loss=f"{step.loss:.3f}")
+            self._steps_bar.set_postfix(client=tally.client, loss=f"{step.loss:.3f}")
         if int(batch["local_step"]) == int(batch["num_steps"]) - 1:
-            wire = pl_module.client.finish()
-            self._round["rows"][c["id"]] = (wire, c["loss"], c["steps"], c["skipped"])
+            num_examples = trainer.datamodule.client_sizes[tally.client]
+            self._round["rows"][tally.client] = tally.result(pl_module.client.finish(), num_examples)
             pl_module.client, self._round["client"] = None, None
 
     # -- 3) aggregate_train + 4) global update -------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        rnd, clients, faults = self._round["round"], self._round["clients"], self._round["faults"]
+        plan = self._round["plan"]
+        rnd = plan.round
         rows = _gather(trainer, self._round["rows"])
+        results = [rows[c] for c in plan.training]  # arrival order
         sizes = trainer.datamodule.client_sizes
-        downlink, screening = self.method.aggregate_train(
-            rnd, [(cid, rows[cid][0]) for cid in faults.arrived], {c: sizes[c] for c in clients}
-        )
+        outcome = aggregate_round(self.method, plan, results, {c: sizes[c] for c in plan.clients})
         self._snapshot.restore()
-        method_metrics = self.method.apply_downlink(rnd, downlink)
+        method_metrics = self.method.apply_downlink(rnd, outcome.downlink)
         self._snapshot.save()
         self.rounds_done = rnd
         self.round_digests.append(weights_digest(pl_module.net))
-        stats = np.array(
-            [rows[cid][1:] + (len(rows[cid][0]),) for cid in faults.arrived], dtype=np.float64
-        ).reshape(-1, 4)
-        sent = bool(len(stats))  # False: every sampled client was missing
         metrics = {
-            "train/loss": float(stats[:, 0].sum() / max(stats[:, 1].sum(), 1)) if sent else float("nan"),
-            "fed/uplink_bytes_mean": float(stats[:, 3].mean()) if sent else 0.0,
-            "fed/uplink_bytes_max": float(stats[:, 3].max()) if sent else 0.0,
-            "fed/downlink_bytes": float(len(downlink)),
-            **method_metrics,
-            "zo/skipped_steps": float(stats[:, 2].sum()),
+            **round_metrics(results, outcome, method_metrics),
             "time/round_s": time.perf_counter() - self._round["t0"],
-            **self.reporter.record_faults(rnd, faults, screening),
+            **self.reporter.record_faults(rnd, plan.faults, outcome.screening),
         }
         last = rnd == trainer.max_epochs
         if last or (self.eval_every and rnd % self.eval_every == 0):
             metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
         if (last and self.rouge_at_end) or (self.rouge_every and rnd % self.rouge_every == 0):
             out_dir = self.run_dir / "eval" / f"round_{rnd}"
-            results = evaluation.rouge(
+            results_rouge = evaluation.rouge(
                 trainer, pl_module, self.rouge_suites, self.rouge_limit, out_dir, self.progress
             )
-            if results:
-                metrics.update(self.reporter.record_rouge(rnd, results))
-                log_rouge_tables(trainer, results, out_dir)
+            if results_rouge:
+                metrics.update(self.reporter.record_rouge(rnd, results_rouge))
+                log_rouge_tables(trainer, results_rouge, out_dir)
         self.reporter.record_round(
-            metrics, [int(b) for b in stats[:, 3]], len(downlink), int(stats[:, 2].sum())
+            metrics, [len(r.wire) for r in results], len(outcome.downlink), sum(r.skipped for r in results)
         )
         self.reporter.log(trainer, metrics, step=rnd)
         if trainer.is_global_zero:
@@ -321,47 +290,29 @@ class FederatedLoop(pl.Callback):
     def write_summary(self, trainer: pl.Trainer, pl_module, final: bool = False) -> dict:
         """summary.json of the run so far (with the final weights digest when `final`)."""
         dm = trainer.datamodule
-        facts = {
-            "method": self.method.name,
-            "rounds": self.rounds_done,
-            "clients_per_round": max(1, int(dm.num_clients_effective * self.fraction)),
-            "num_clients": dm.num_clients_effective,
-            "local_steps": self.local_steps,
-            "seed": self.seed,
-            **self.method.summary(),
-            "dropped_examples": dm.dropped,
-            "faults": {
-                **asdict(self.faults),
-                "aggregation": self.settings.aggregation,
-                "trim_fraction": self.settings.trim_fraction,
-                "scalar_bound": self.settings.scalar_bound,
-            },
-            "world_size": trainer.world_size,
-            "theta0": self.theta0,
-            "z": self._z(),
-        }
+        facts = run_facts(
+            self.method,
+            self.settings,
+            self.faults,
+            self.rounds_done,
+            self.fraction,
+            dm.num_clients_effective,
+            dm.dropped,
+            self.theta0,
+            "lightning",
+        )
+        facts["world_size"] = trainer.world_size
         return self.reporter.write_summary(
             self.run_dir / "summary.json", facts, pl_module.net if final else None
         )
 
     # -- checkpoint: the method's global state (FedKSeed: the seed history, no weights) ---------
     def state_dict(self) -> dict:
-        return {
-            "method": self.method.name,
-            "rounds_done": self.rounds_done,
-            "method_state": self.method.state_dict(),
-            "theta0": self.theta0,
-            "z": self._z(),
-            "round_digests": list(self.round_digests),
-            **self.reporter.state_dict(),
-        }
+        state = checkpoint_state(self.method, self.rounds_done, self.theta0, self.round_digests)
+        return {**state, **self.reporter.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("method") != self.method.name:
-            raise ValueError(
-                f"the checkpoint is of a {state.get('method')!r} run, this run is {self.method.name!r}: "
-                "resume with the same --method"
-            )
+        check_method(state, self.method, "the checkpoint")
         self.rounds_done = int(state["rounds_done"])
         self._recorded = {"theta0": state.get("theta0"), "z": state.get("z")}
         self.round_digests = list(state.get("round_digests", []))

@@ -16,22 +16,13 @@ from kit.deploy.client_app import app as client_app
 from kit.deploy.local_grid import LocalGrid
 from kit.methods import METHODS
 
-from .conftest import REPO, fed_args
+from .conftest import fed_args, method_cli, method_overrides
 from .test_deploy_flower import _run_config, _strategy
-
-
-def _method_overrides(name: str) -> dict:
-    """recipes/methods/<name>.yaml as dotted overrides (what `-c recipes/methods/<name>.yaml` sets)."""
-    import yaml
-
-    tree = yaml.safe_load((REPO / "recipes" / "methods" / f"{name}.yaml").read_text())
-    return {"method": tree["method"], **{f"model.{k}": v for k, v in tree.get("model", {}).items()}}
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_on_flower_equals_its_lightning_run(name, tiny_model_dir, data_root, tmp_path):
-    hp = _method_overrides(name)
-    cli = [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in hp.items()]
+    hp, cli = method_overrides(name), method_cli(name)
     run = tmp_path / "lightning"
     main([*fed_args(tiny_model_dir, data_root, run, rounds=2), "--fed.rouge_at_end", "false", *cli])
     lit = json.loads((run / "summary.json").read_text())
