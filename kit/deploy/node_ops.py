@@ -10,6 +10,7 @@ the ClientApp reads from and writes to Flower records), so the ClientApp process
 from __future__ import annotations
 
 import fcntl
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +56,7 @@ def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
             t = request["train"]
-            return {**replica.train(int(t["round"]), int(t["client"])), **synced}
+            return {**replica.train(int(t["round"]), int(t["client"]), int(t["steps"])), **synced}
     if op == "evaluate":  # sync to the round just aggregated, then the held-out loss
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
@@ -66,5 +67,6 @@ def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
             "num-partitions": replica.num_partitions,
             "num-clients": replica.num_clients(),
             "replica-round": replica.saved_round(),
+            "dropped-examples": json.dumps(replica.rt.dm.dropped),
         }
     raise ValueError(f"unknown node operation {op!r} (expected train, evaluate or query)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from kit.data.datamodule import FederatedDataModule
+from kit.federation.faults import FaultModel
 from kit.loop import FederatedLoop
 from kit.methods import METHODS
 from kit.methods.base import FedSettings
@@ -36,6 +37,10 @@ class Recipe:
     @property
     def settings(self) -> FedSettings:
         return FederatedLoop(**self.fed).settings
+
+    @property
+    def faults(self) -> FaultModel:
+        return FederatedLoop(**self.fed).faults
 
     def datamodule(self) -> FederatedDataModule:
         return FederatedDataModule(**self.data)

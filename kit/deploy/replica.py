@@ -28,6 +28,7 @@ from kit.methods import Method, build_method
 from kit.models import load_model
 from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
+from kit.rounds import train_client
 from kit.snapshot import WeightSnapshot
 
 
@@ -156,33 +157,31 @@ class NodeReplica:
     def num_clients(self) -> int:
         return self.rt.dm.num_clients_effective
 
-    def train(self, server_round: int, client_id: int) -> dict:
-        """tau local steps of `client_id` from the synced replica; returns its uplink and stats."""
+    def train(self, server_round: int, client_id: int, steps: int) -> dict:
+        """`steps` local steps of `client_id` from the synced replica; returns its uplink and stats."""
         if not self.hosts(client_id) or not 0 <= client_id < self.num_clients():
             raise ValueError(
                 f"client {client_id} is not hosted here (partition-id={self.partition_id}, "
                 f"num-partitions={self.num_partitions}, {self.num_clients()} clients)"
             )
-        rt, steps = self.rt, int(self.recipe.fed["local_steps"])
+        rt = self.rt
         rt.dm.set_round_plan(server_round, [(client_id, steps)])
         saved = WeightSnapshot(rt.params, "disk", self._file(self.saved_round())).saved
-        client = rt.method.client(server_round, client_id, rt.module.batch_loss, saved)
-        loss, trained, skipped = 0.0, 0, 0
         rt.module.net.train()  # as under the Trainer
-        for batch in rt.dm.round_batches():
-            out = client.step(batch, int(batch["local_step"]))
-            if out.skipped:
-                skipped += 1
-            else:
-                loss, trained = loss + out.loss, trained + 1
-        rt.module.net.eval()
+        try:
+            r = train_client(
+                rt.method, server_round, client_id, rt.dm.round_batches(), rt.module.batch_loss, saved,
+                rt.dm.client_sizes[client_id],
+            )  # fmt: skip
+        finally:
+            rt.module.net.eval()
         return {
-            "payload": client.finish(),
-            "client": client_id,
-            "num-examples": rt.dm.client_sizes[client_id],
-            "loss-sum": loss,
-            "steps": trained,
-            "skipped": skipped,
+            "payload": r.wire,
+            "client": r.client,
+            "num-examples": r.num_examples,
+            "loss-sum": r.loss_sum,
+            "steps": r.steps,
+            "skipped": r.skipped,
         }
 
     def eval_loss(self) -> dict:
