@@ -29,6 +29,7 @@ from kit.checkpoint import RoundCheckpoint, load_checkpoint
 from kit.data.datamodule import FederatedDataModule
 from kit.errors import UsageError
 from kit.loop import FederatedLoop
+from kit.methods import methods_help
 from kit.metrics_csv import RoundCSVLogger
 from kit.module import FedKSeedModule, MethodName
 
@@ -54,8 +55,7 @@ class FedKSeedCLI(LightningCLI):
             "--method",
             type=MethodName,
             default="fedkseed",
-            help="Federated method: fedkseed, fedkseed-pro, fedzo, fedit, fedit-sgd, fedptuning, fedprompt, "
-            "fedavg (settings: recipes/methods/<name>.yaml).",
+            help=methods_help(),
         )
         parser.link_arguments("method", "model.method")
         parser.add_argument(

@@ -18,11 +18,12 @@ from kit.federation.seedfile import SeedFile, decode, encode
 from kit.federation.seeds import SeedPool
 from kit.federation.sync import apply_scalars
 from kit.identity import check_rebuilt, check_theta0, theta0_identity
+from kit.methods import SCALAR_PAYLOAD
 from kit.models import load_model, load_tokenizer
 from kit.zo.definition import ZDefinition, check_same
 from kit.zo.perturb import Perturber
 
-ZO_SEED_METHODS = ("fedkseed", "fedkseed-pro")
+ZO_SEED_METHODS = SCALAR_PAYLOAD  # the registry's methods whose runs are seed files
 
 
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> Path:
@@ -32,7 +33,8 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | No
     hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
     if hp["method"] not in ZO_SEED_METHODS:
         raise ValueError(
-            f"{run_dir} is a {hp['method']!r} run; only fedkseed and fedkseed-pro runs export as seed files"
+            f"{run_dir} is a {hp['method']!r} run; only {' and '.join(ZO_SEED_METHODS)} runs "
+            "export as seed files"
         )
     digests = state.get("round_digests") or []
     if not state.get("theta0") or not state.get("z") or len(digests) != state["rounds_done"]:
