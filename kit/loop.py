@@ -1,14 +1,14 @@
 """The federated-loop Callback: one Trainer epoch is one round, the same round for every method.
 
-Per round (`server_round` counts from 1):
-  1) configure_train: sample the round's clients (seeded by round), decide which drop out or miss the
-     deadline (`kit.federation.faults`), give this process its share of the others;
-  2) each client: restore the global parameters, tau local steps of the method's client update,
-     then its encoded uplink (`kit.methods`: K scalars for FedKSeed, tensors for the baselines);
-  3) aggregate_train: every process gets every uplink's bytes, the method screens them (rejections
-     counted, never aggregated) and aggregates the accepted ones in client-id order into the downlink;
-  4) global update: restore the global parameters, apply the decoded downlink, save them; then
-     evaluation (`kit.evaluation`) and reporting (`kit.reporting`).
+The round itself is the round core's (`kit.rounds`, shared with Flower's strategy); this callback
+is Lightning's glue. Per round (`server_round` counts from 1):
+  1) configure_train: the round's plan (`ServerRun.plan`: sampling, faults, each client's steps),
+     this process's share of it to the datamodule (idle steps keep processes in step);
+  2) each client: restore the global parameters (`WeightSnapshot`), the method's client update steps
+     the batches Lightning feeds, then its encoded uplink (`ClientTally`);
+  3) every process gets every uplink's bytes; `ServerRun.close_round` screens and aggregates them
+     into the downlink, applies it to the restored global parameters (saved after), records it;
+  4) evaluation (`kit.evaluation`), loggers, summary.json.
 Everything random is a pure function of (seed, round, client), so results do not depend on the
 number of processes and a resumed run repeats an uninterrupted one.
 """
@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.federation.faults import FaultModel
-from kit.identity import weights_digest
 from kit.methods import FedSettings, Method, build_method
 from kit.metrics_csv import RoundCSVLogger
-from kit.reporting import RunReporter, headline, log_rouge_tables
-from kit.rounds import ClientTally, aggregate_round, plan_round, prepare_model, round_metrics, run_facts
-from kit.rounds.state import check_method, checkpoint_state, restore_global
+from kit.reporting import headline, log_rouge_tables
+from kit.rounds import ClientTally
+from kit.rounds.run import ServerRun
+from kit.rounds.state import check_method
 from kit.snapshot import WeightSnapshot
 
 
@@ -120,13 +120,8 @@ class FederatedLoop(pl.Callback):
         self.progress = progress
         self.run_dir: Path | None = None  # the Trainer's default_root_dir (the CLI's --run_dir)
         self.method: Method | None = None
-        self.reporter = RunReporter()
-        self.rounds_done = 0
-        self.theta0: dict | None = None  # {"model", "sha256"} of the weights training started from
-        self.round_digests: list[str] = []  # sha256 of the global weights after each round
-        self._recorded: dict = {}  # a resumed checkpoint's theta0 and z
-        self._loaded: dict | None = None
-        self._prepared = False
+        self.run: ServerRun | None = None  # the round core's run state (kit/rounds/run.py)
+        self._recorded: dict | None = None  # a resumed checkpoint's state
         self._round: dict = {}
 
     # -- setup --------------------------------------------------------------------------------
@@ -137,74 +132,54 @@ class FederatedLoop(pl.Callback):
             self.method = build_method(pl_module.hparams.method, pl_module.hparams, self.settings)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
-        self.reporter.t0 = time.perf_counter()
-        if not self._prepared:
-            self._prepare(pl_module)
+        """The run state: θ₀, the method's model, on resume the checkpoint's global state (checked)."""
+        t0 = time.perf_counter()
+        model_id, recorded = pl_module.hparams.model, self._recorded
+        fed = self.settings, self.faults, self.fraction
+        self.run = ServerRun(self.method, pl_module.net, model_id, *fed, recorded)
+        self.run.reporter.t0, pl_module.net = t0, self.run.net
         where = self.snapshot_where
         if where == "auto":
             where = "disk" if pl_module.device.type == "cpu" else "memory"
         path = self.run_dir / f".global_weights.rank{trainer.global_rank}.bin"
         self._snapshot = WeightSnapshot(self.method.global_params(), where, path)
-        if self._loaded is not None:  # resumed: the global model from the checkpoint's global state
-            state = {"rounds_done": self.rounds_done, "round_digests": self.round_digests}
-            restore_global(self.method, self._loaded, pl_module.net, state, "the checkpoint")
-            self._loaded = None
-            if trainer.is_global_zero:  # metrics.csv: keep the checkpointed rounds' rows, drop later ones
-                for logger in trainer.loggers:
-                    if isinstance(logger, RoundCSVLogger):
-                        logger.resume(self.rounds_done)
-        elif self.reporter.eval_loss_before is None:
-            self.reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
-            self.reporter.log(trainer, {"eval/loss": self.reporter.eval_loss_before}, step=0)
+        reporter = self.run.reporter
+        if recorded is not None and trainer.is_global_zero:  # metrics.csv: keep the checkpointed rounds
+            for logger in trainer.loggers:
+                if isinstance(logger, RoundCSVLogger):
+                    logger.resume(self.run.rounds_done)
+        elif recorded is None and reporter.eval_loss_before is None:
+            reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
+            reporter.log(trainer, {"eval/loss": reporter.eval_loss_before}, step=0)
         self._snapshot.save()
-        self._plan_round(trainer, self.rounds_done + 1)
+        self._plan_round(trainer, self.run.rounds_done + 1)
         if trainer.is_global_zero and self.progress:
-            self._bar = tqdm(
-                total=trainer.max_epochs,
-                initial=self.rounds_done,
-                desc="rounds",
-                position=0,
-                dynamic_ncols=True,
-            )
-
-    def _prepare(self, pl_module) -> None:
-        """theta_0's identity, then the method's model; on resume both checked against the checkpoint."""
-        net, self.theta0 = prepare_model(
-            self.method, pl_module.net, pl_module.hparams.model, self._recorded, "the checkpoint"
-        )
-        pl_module.net = net
-        self._prepared = True
+            bar = {"desc": "rounds", "position": 0, "dynamic_ncols": True}
+            self._bar = tqdm(total=trainer.max_epochs, initial=self.run.rounds_done, **bar)
 
     # -- 1) configure_train ------------------------------------------------------------------
     def _plan_round(self, trainer: pl.Trainer, rnd: int) -> None:
-        """Sample round `rnd`'s clients and hand this process its share to the datamodule.
+        """Plan round `rnd` (`kit.rounds.plan_round`) and hand this process its share to the datamodule.
 
         Done before the round starts: Lightning fetches the first batch before `on_train_epoch_start`.
         """
-        dm = trainer.datamodule
-        num = dm.num_clients_effective
-        plan = plan_round(self.seed, rnd, num, self.fraction, self.faults, self.local_steps)
-        world = trainer.world_size
+        dm, world = trainer.datamodule, trainer.world_size
+        plan = self.run.plan(rnd, dm.num_clients_effective)
         mine = list(plan.steps[trainer.global_rank :: world])
         # Lightning syncs the processes at every step, so all of them must run as many steps
         most = max(sum(n for _, n in plan.steps[r::world]) for r in range(world))
         idle = most - sum(n for _, n in mine)
-        pad = [(IDLE, idle)] if idle else []
         # an epoch needs a step, even with every client missing
-        dm.set_round_plan(rnd, mine + pad or [(IDLE, 1)])
+        dm.set_round_plan(rnd, mine + ([(IDLE, idle)] if idle else []) or [(IDLE, 1)])
         self._round = {"plan": plan, "mine": [c for c, _ in mine], "rows": {}, "client": None}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._round["t0"] = time.perf_counter()
         if trainer.is_global_zero and self.progress:
             plan = self._round["plan"]
-            self._steps_bar = tqdm(
-                total=sum(plan.steps_of(c) for c in self._round["mine"]),
-                desc=f"round {plan.round} local steps",
-                position=1,
-                leave=False,
-                dynamic_ncols=True,
-            )
+            total = sum(plan.steps_of(c) for c in self._round["mine"])
+            bar = {"position": 1, "leave": False, "dynamic_ncols": True}
+            self._steps_bar = tqdm(total=total, desc=f"round {plan.round} local steps", **bar)
 
     # -- 2) local training ---------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -214,16 +189,15 @@ class FederatedLoop(pl.Callback):
         tally = self._round["client"]
         if tally is None or tally.client != client:
             self._snapshot.restore()  # every client starts from the round's global parameters
-            pl_module.client = self.method.client(
-                self._round["plan"].round, client, pl_module.batch_loss, self._snapshot.saved
-            )
+            rnd = self._round["plan"].round
+            pl_module.client = self.method.client(rnd, client, pl_module.batch_loss, self._snapshot.saved)
             self._round["client"] = ClientTally(client)
         self._step_t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if int(batch["client_id"]) == IDLE:
             return
-        self.reporter.step_times.append(time.perf_counter() - self._step_t0)
+        self.run.reporter.step_times.append(time.perf_counter() - self._step_t0)
         step, tally = outputs["step"], self._round["client"]
         tally.add(step)
         if trainer.is_global_zero and self.progress:
@@ -236,92 +210,63 @@ class FederatedLoop(pl.Callback):
 
     # -- 3) aggregate_train + 4) global update -------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        plan = self._round["plan"]
+        plan, run = self._round["plan"], self.run
         rnd = plan.round
         rows = _gather(trainer, self._round["rows"])
         results = [rows[c] for c in plan.training]  # arrival order
         sizes = trainer.datamodule.client_sizes
-        outcome = aggregate_round(self.method, plan, results, {c: sizes[c] for c in plan.clients})
-        self._snapshot.restore()
-        method_metrics = self.method.apply_downlink(rnd, outcome.downlink)
-        self._snapshot.save()
-        self.rounds_done = rnd
-        self.round_digests.append(weights_digest(pl_module.net))
-        metrics = {
-            **round_metrics(results, outcome, method_metrics),
-            "time/round_s": time.perf_counter() - self._round["t0"],
-            **self.reporter.record_faults(rnd, plan.faults, outcome.screening),
-        }
+        samples = {c: sizes[c] for c in plan.clients}
+        snap = self._snapshot
+        metrics, outcome = run.close_round(plan, results, samples, snap.restore, snap.save)
+        metrics["time/round_s"] = time.perf_counter() - self._round["t0"]
         last = rnd == trainer.max_epochs
         if last or (self.eval_every and rnd % self.eval_every == 0):
             metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
         if (last and self.rouge_at_end) or (self.rouge_every and rnd % self.rouge_every == 0):
             out_dir = self.run_dir / "eval" / f"round_{rnd}"
-            results_rouge = evaluation.rouge(
-                trainer, pl_module, self.rouge_suites, self.rouge_limit, out_dir, self.progress
-            )
-            if results_rouge:
-                metrics.update(self.reporter.record_rouge(rnd, results_rouge))
-                log_rouge_tables(trainer, results_rouge, out_dir)
-        self.reporter.record_round(
-            metrics, [len(r.wire) for r in results], len(outcome.downlink), sum(r.skipped for r in results)
-        )
-        self.reporter.log(trainer, metrics, step=rnd)
+            suites, limit = self.rouge_suites, self.rouge_limit
+            scores = evaluation.rouge(trainer, pl_module, suites, limit, out_dir, self.progress)
+            if scores:
+                metrics.update(run.reporter.record_rouge(rnd, scores))
+                log_rouge_tables(trainer, scores, out_dir)
+        run.finish_metrics(metrics, results, outcome)
+        run.reporter.log(trainer, metrics, step=rnd)
         if trainer.is_global_zero:
             if self.progress:
                 self._steps_bar.close()
                 self._bar.update(1)
-                self._bar.set_postfix(
-                    train_loss=f"{metrics['train/loss']:.4f}",
-                    eval_loss=f"{self.reporter.last_eval_loss():.4f}",
-                )
-            self.write_summary(trainer, pl_module)
+                losses = {"train_loss": f"{metrics['train/loss']:.4f}"}
+                self._bar.set_postfix(**losses, eval_loss=f"{run.reporter.last_eval_loss():.4f}")
+            self.write_summary(trainer)
         self._plan_round(trainer, rnd + 1)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
             if self.progress:
                 self._bar.close()
-            summary = self.write_summary(trainer, pl_module, final=True)
+            summary = self.write_summary(trainer, final=True)
             print(f"\n[kit] run directory: {self.run_dir}\n[kit] {json.dumps(headline(summary))}", flush=True)
         self._snapshot.cleanup()
         self.method.close()
 
-    def write_summary(self, trainer: pl.Trainer, pl_module, final: bool = False) -> dict:
+    def write_summary(self, trainer: pl.Trainer, final: bool = False) -> dict:
         """summary.json of the run so far (with the final weights digest when `final`)."""
         dm = trainer.datamodule
-        facts = run_facts(
-            self.method,
-            self.settings,
-            self.faults,
-            self.rounds_done,
-            self.fraction,
-            dm.num_clients_effective,
-            dm.dropped,
-            self.theta0,
-            "lightning",
-        )
+        facts = self.run.facts(dm.num_clients_effective, dm.dropped, "lightning")
         facts["world_size"] = trainer.world_size
-        return self.reporter.write_summary(
-            self.run_dir / "summary.json", facts, pl_module.net if final else None
-        )
+        return self.run.write_summary(self.run_dir / "summary.json", facts, final)
 
-    # -- checkpoint: the method's global state (FedKSeed: the seed history, no weights) ---------
+    # -- checkpoint: the run state (FedKSeed: the seed history, no weights) ---------------------
     def state_dict(self) -> dict:
-        state = checkpoint_state(self.method, self.rounds_done, self.theta0, self.round_digests)
-        return {**state, **self.reporter.state_dict()}
+        return self.run.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         check_method(state, self.method, "the checkpoint")
-        self.rounds_done = int(state["rounds_done"])
-        self._recorded = {"theta0": state.get("theta0"), "z": state.get("z")}
-        self.round_digests = list(state.get("round_digests", []))
-        self.reporter.load_state_dict(state)
-        self._loaded = state["method_state"]
+        self._recorded = state
 
 
 def _gather(trainer: pl.Trainer, rows: dict) -> dict:
-    """Every process's client rows (uplink bytes and stats), merged: each process sees every uplink."""
+    """Every process's client results, merged: each process sees every uplink."""
     if trainer.world_size == 1:
         return rows
     gathered: list[dict | None] = [None] * trainer.world_size

@@ -34,12 +34,12 @@ from kit.atomic import fsync_replace, load_verified
 from kit.deploy.nodes import Nodes
 from kit.deploy.recipe import Recipe
 from kit.deploy.wire import flower_bytes
-from kit.federation.catchup import NONE, WEIGHTS, plan_catchup
 from kit.methods import build_method
 from kit.models import load_model
 from kit.rounds import ClientResult
 from kit.rounds.run import ServerRun, write_metrics_csv
 from kit.rounds.state import check_method
+from kit.rounds.sync import CatchUpCosts, plan_sync
 
 
 class FedKSeedStrategy(Strategy):
@@ -68,14 +68,13 @@ class FedKSeedStrategy(Strategy):
     ) -> None:
         self.recipe, self.run_dir, self.check_replicas = recipe, Path(run_dir), check_replicas
         self.nodes = Nodes(round_timeout)
-        self.replay_rate, self.bandwidth, self.merged_after = replay_rate, bandwidth, merged_after
+        self.costs = CatchUpCosts(replay_rate, bandwidth, merged_after)
         self.ckpt = self.run_dir / "checkpoints" / "server.pt"
         self.method = method = build_method(recipe.method, recipe.hp, recipe.settings)
         state = self._load_checkpoint() if self.ckpt.is_file() else None
         net = load_model(recipe.hp["model"], dtype="float32", device="cpu")
         fed = recipe.settings, recipe.faults, recipe.fed["fraction"]
         self.run_state = ServerRun(method, net, recipe.hp["model"], *fed, state, str(self.ckpt))
-        self.num_params = sum(p.numel() for p in method.global_params())
         self.history: list[dict] = json.loads(state["flower_history"]) if state else []  # Flower's records
         self.rows: list[dict] = json.loads(state["rows"]) if state else []  # metrics.csv
         self.resumed_at = [*json.loads(state["resumed_at"]), state["rounds_done"]] if state else []
@@ -97,34 +96,13 @@ class FedKSeedStrategy(Strategy):
 
     # -- 1) configure_train ------------------------------------------------------------------------
     def _sync_records(self, node: int, target: int) -> tuple[RecordDict, int]:
-        """What `node` needs to reach round `target`, and the payload bytes of it.
-
-        A method that replays (FedKSeed) sends the missed downlinks, or the global state when the
-        catch-up cost model finds a download cheaper; the others always send the global state."""
-        m, have = self.method, min(self.synced.get(node, 0), target)
-        cost = m.replay_cost(have + 1, target)
-        if cost is None:  # a tensor-payload method: its node downloads the global state
-            kind = WEIGHTS if have < target else NONE
-            first, downlinks = target + 1, []
-        else:
-            per_round, union = cost
-            merged_after = self.merged_after if union is not None else 0
-            plan = plan_catchup(
-                per_round, union or 0, self.num_params, self.replay_rate, self.bandwidth, merged_after
-            )
-            kind = plan.kind
-            # the target round's downlink always travels: it carries the next round's client state
-            first = max(target if kind == WEIGHTS else min(have + 1, target), 1)
-            downlinks = [m.downlink(r) for r in range(first, target + 1)]
-        records = RecordDict(
-            {"sync": ConfigRecord({"target": target, "first": first, "downlinks": downlinks, "sync": kind})}
-        )
-        payload = sum(len(d) for d in downlinks)
-        if kind == WEIGHTS:
-            arrays = [p.detach().cpu().numpy().copy() for p in m.global_params()]
-            records["weights"] = ArrayRecord(arrays)
-            payload += sum(4 * a.size for a in arrays)
-        return records, payload
+        """What `node` needs to reach round `target` (`kit.rounds.sync`) as records; its payload bytes."""
+        sync = plan_sync(self.method, self.synced.get(node, 0), target, self.costs)
+        cfg = {"target": sync.target, "first": sync.first, "sync": sync.kind}
+        records = RecordDict({"sync": ConfigRecord({**cfg, "downlinks": list(sync.downlinks)})})
+        if sync.weights is not None:
+            records["weights"] = ArrayRecord(list(sync.weights))
+        return records, sync.payload_bytes
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
