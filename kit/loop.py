@@ -26,11 +26,11 @@ from tqdm.auto import tqdm
 
 from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
-from kit.federation.faults import FaultModel
-from kit.methods import FedSettings, Method, build_method
+from kit.methods import Method, build_method
 from kit.metrics_csv import RoundCSVLogger
 from kit.reporting import headline, log_rouge_tables
 from kit.rounds import ClientTally
+from kit.rounds.config import FLAG_DEFAULTS, FedConfig
 from kit.rounds.run import ServerRun
 from kit.rounds.state import check_method
 from kit.snapshot import WeightSnapshot
@@ -93,31 +93,11 @@ class FederatedLoop(pl.Callback):
         trim_fraction: float = 0.1,
         scalar_bound: float | None = None,
     ) -> None:
-        if not 0 < fraction <= 1:
-            raise ValueError(f"--fed.fraction must be in (0, 1], got {fraction}")
-        if local_steps < 1 or num_seeds < 1:
-            raise ValueError("--fed.local_steps and --fed.num_seeds must be >= 1")
-        if eval_every < 0 or rouge_every < 0:
-            raise ValueError("--fed.eval_every and --fed.rouge_every must be >= 0")
-        if rouge_suites is not None and not set(rouge_suites) <= {"ni", "dolly"}:
-            raise ValueError(f"--fed.rouge_suites must name 'ni' and/or 'dolly', got {rouge_suites}")
-        self.settings = FedSettings(
-            seed,
-            local_steps,
-            num_seeds,
-            bias_loss_clip,
-            pro_temperature,
-            equal_weights,
-            aggregation,
-            trim_fraction,
-            scalar_bound,
-        )
-        self.faults = FaultModel(dropout, straggler_prob, straggler_delay_s, deadline_s)
+        flags = {k: v for k, v in locals().items() if k in FLAG_DEFAULTS}
+        self.config = config = FedConfig.from_flags(flags)  # checked, per concern (kit/rounds/config.py)
+        self.settings, self.faults, self.eval = config.settings, config.faults, config.eval
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
-        self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
-        self.rouge_every, self.rouge_at_end = rouge_every, rouge_at_end
-        self.rouge_suites, self.rouge_limit = rouge_suites, rouge_limit
-        self.progress = progress
+        self.snapshot_where, self.progress = snapshot, progress
         self.run_dir: Path | None = None  # the Trainer's default_root_dir (the CLI's --run_dir)
         self.method: Method | None = None
         self.run: ServerRun | None = None  # the round core's run state (kit/rounds/run.py)
@@ -149,7 +129,7 @@ class FederatedLoop(pl.Callback):
                 if isinstance(logger, RoundCSVLogger):
                     logger.resume(self.run.rounds_done)
         elif recorded is None and reporter.eval_loss_before is None:
-            reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
+            reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval.eval_batch_size)
             reporter.log(trainer, {"eval/loss": reporter.eval_loss_before}, step=0)
         self._snapshot.save()
         self._plan_round(trainer, self.run.rounds_done + 1)
@@ -219,12 +199,12 @@ class FederatedLoop(pl.Callback):
         snap = self._snapshot
         metrics, outcome = run.close_round(plan, results, samples, snap.restore, snap.save)
         metrics["time/round_s"] = time.perf_counter() - self._round["t0"]
-        last = rnd == trainer.max_epochs
-        if last or (self.eval_every and rnd % self.eval_every == 0):
-            metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
-        if (last and self.rouge_at_end) or (self.rouge_every and rnd % self.rouge_every == 0):
+        ev = self.eval
+        if ev.loss_due(rnd, trainer.max_epochs):
+            metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, ev.eval_batch_size)
+        if ev.rouge_due(rnd, trainer.max_epochs):
             out_dir = self.run_dir / "eval" / f"round_{rnd}"
-            suites, limit = self.rouge_suites, self.rouge_limit
+            suites, limit = ev.rouge_suites, ev.rouge_limit
             scores = evaluation.rouge(trainer, pl_module, suites, limit, out_dir, self.progress)
             if scores:
                 metrics.update(run.reporter.record_rouge(rnd, scores))

@@ -13,7 +13,6 @@ digest recorded for the checkpoint's round (`--ckpt` too), or `summary.json`'s f
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import yaml
 
 from kit.checkpoint import LOOP_STATE_KEY, load_checkpoint
 from kit.identity import check_rebuilt, check_theta0, theta0_identity
-from kit.loop import FederatedLoop
 from kit.methods import build_method
 from kit.models import load_model, load_tokenizer
 from kit.module import FedKSeedModule
+from kit.rounds.config import FLAG_DEFAULTS, FedConfig, init_defaults
 from kit.zo.definition import ZDefinition, check_same
 
 
@@ -37,11 +36,11 @@ def read_run(run_dir: str | Path, checkpoint: str | Path | None = None):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {run_dir} a fedkseed run directory with a {what}?")
     config = yaml.safe_load(config_path.read_text())
-    hp = {**_defaults(FedKSeedModule), **config["model"]}
+    hp = {**init_defaults(FedKSeedModule), **config["model"]}
     hp["method"] = config.get("method", hp["method"])
-    loop = FederatedLoop(**{k: v for k, v in config["fed"].items() if k in _defaults(FederatedLoop)})
+    fed = FedConfig.from_flags({k: v for k, v in config["fed"].items() if k in FLAG_DEFAULTS})
     state = load_checkpoint(ckpt_path, flag="--ckpt")["callbacks"][LOOP_STATE_KEY]
-    return hp, loop.settings, state, ckpt_path
+    return hp, fed.settings, state, ckpt_path
 
 
 def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu"):
@@ -69,9 +68,3 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, de
         if expected and summary["rounds"] == state["rounds_done"]:
             check_rebuilt(expected, model, str(run_dir))
     return model, load_tokenizer(hp["model"])
-
-
-def _defaults(cls) -> dict:
-    """The keyword arguments of `cls.__init__` with their defaults."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}

@@ -183,8 +183,7 @@ class FedKSeedStrategy(Strategy):
 
     # -- 3) evaluation -----------------------------------------------------------------------------
     def _eval_round(self, server_round: int) -> bool:
-        every = int(self.recipe.fed["eval_every"])
-        return server_round in (0, self.recipe.rounds) or bool(every and server_round % every == 0)
+        return self.recipe.config.eval.loss_due(server_round, self.recipe.rounds)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
