@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         from eval.cli import main as eval_main
+        from kit.rebuild import load_run_model
 
-        eval_main(argv[1:])
+        eval_main(argv[1:], load_run_model)
         return
     if argv and argv[0] in ("export", "materialize"):
         from kit.finetune_cli import export_main, materialize_main
