@@ -25,7 +25,7 @@ from kit.deploy.strategy import FedKSeedStrategy
 from kit.errors import UsageError
 from kit.federation.catchup import MERGED, REPLAY, WEIGHTS, plan_catchup
 
-from .conftest import fed_args, method_cli, method_overrides
+from .conftest import REPO, fed_args, method_cli, method_overrides
 from .test_golden_run import golden
 
 
@@ -303,3 +303,30 @@ def test_real_processes_server_restart_node_kill_and_catch_up(name, tiny_model_d
     ):
         time.sleep(0.5)
     assert not left, f"processes of the deployment still run 20 s after stop: {left}"
+
+
+def test_a_flower_run_directory_reads_like_a_lightning_one(tiny_model_dir, data_root, tmp_path):
+    """eval --run / export / materialize rebuild a Flower run; compare and the notebook read it."""
+    import sys
+
+    from kit.compare.table import run_row
+    from kit.finetune import export_run, materialize
+    from kit.rebuild import load_run_model
+    from kit.reporting import weights_digest
+
+    rc = _run_config(tiny_model_dir, data_root, tmp_path)
+    s = _strategy(rc, tmp_path / "run").run(LocalGrid(client_app, rc, 3, tmp_path / "nodes"))
+    model, _ = load_run_model(tmp_path / "run")  # from checkpoints/server.pt, digest-checked
+    assert weights_digest(model) == s["global_weights_sha256"]
+    seeds = export_run(tmp_path / "run", tmp_path / "run.seeds")
+    assert materialize(seeds, tmp_path / "model") == s["global_weights_sha256"]
+    row = run_row("ni", "fedkseed-pro", 1, tmp_path / "run")
+    assert row["eval_loss_after"] == s["eval_loss_after"] and row["uplink_bytes_per_client_round"] > 0
+    sys.path.insert(0, str(REPO / "notebooks"))
+    try:
+        import runs
+    finally:
+        sys.path.remove(str(REPO / "notebooks"))
+    run = runs.load_run(tmp_path / "run")
+    assert runs.method(run) == "fedkseed-pro" and runs.scenario(run).startswith("NI")
+    assert list(run["metrics"].index) == [0, 1, 2] and "train/loss" in run["metrics"]

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -37,7 +38,7 @@ from kit.deploy.wire import flower_bytes
 from kit.methods import build_method
 from kit.models import load_model
 from kit.rounds import ClientResult
-from kit.rounds.run import ServerRun, write_metrics_csv
+from kit.rounds.run import FLOWER_CHECKPOINT, ServerRun, write_metrics_csv
 from kit.rounds.state import check_method
 from kit.rounds.sync import CatchUpCosts, plan_sync
 
@@ -69,7 +70,7 @@ class FedKSeedStrategy(Strategy):
         self.recipe, self.run_dir, self.check_replicas = recipe, Path(run_dir), check_replicas
         self.nodes = Nodes(round_timeout)
         self.costs = CatchUpCosts(replay_rate, bandwidth, merged_after)
-        self.ckpt = self.run_dir / "checkpoints" / "server.pt"
+        self.ckpt = self.run_dir / "checkpoints" / FLOWER_CHECKPOINT
         self.method = method = build_method(recipe.method, recipe.hp, recipe.settings)
         state = self._load_checkpoint() if self.ckpt.is_file() else None
         net = load_model(recipe.hp["model"], dtype="float32", device="cpu")
@@ -250,6 +251,20 @@ class FedKSeedStrategy(Strategy):
             print(f"[kit] round {rnd}: {json.dumps(self.history[-1])}", flush=True)
         return self.write_summary()
 
+    def _write_config(self) -> None:
+        """config.yaml: the resolved recipe in `fedkseed fit`'s layout (rebuild, export, notebooks)."""
+        r = self.recipe
+        config = {
+            "method": r.method,
+            "model": r.hp,
+            "data": r.data,
+            "fed": r.fed,
+            "trainer": {"max_epochs": r.rounds},
+        }
+        tmp = self.run_dir / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        fsync_replace(tmp, self.run_dir / "config.yaml")
+
     def save_checkpoint(self) -> None:
         """The run state and Flower's records, written atomically (temp + fsync + rename)."""
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -290,4 +305,5 @@ class FedKSeedStrategy(Strategy):
             "per_round": h,
         })  # fmt: skip
         write_metrics_csv(self.run_dir / "metrics.csv", self.rows)
+        self._write_config()
         return run.write_summary(self.run_dir / "summary.json", facts, final)

@@ -28,6 +28,10 @@ from kit.rounds.plan import RoundPlan, plan_round
 from kit.rounds.server import RoundOutcome, aggregate_round, round_metrics
 from kit.rounds.state import checkpoint_state, prepare_model, restore_global, run_facts
 
+FLOWER_CHECKPOINT = (
+    "server.pt"  # a Flower server's checkpoint in RUN_DIR/checkpoints (Lightning's: last.ckpt)
+)
+
 
 class ServerRun:
     """The global model and the run's record; `recorded` (a checkpoint's state) resumes it, checked."""
