@@ -7,12 +7,13 @@ node id and claims its partition again (the newest claim wins).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+
+from kit.deploy.messages import NodeInfo
 
 QUERY = MessageType.QUERY  # which partitions a node hosts
 
@@ -64,15 +65,13 @@ class Nodes:
         for reply in self.exchange(grid, ask)[0]:  # a node that answers late is asked again
             if reply.has_error():
                 continue
-            info = reply.content["node"]
-            node = reply.metadata.src_node_id
-            n = int(info["num-clients"])
+            info = NodeInfo.from_values(dict(reply.content["node"]))
+            node, n = reply.metadata.src_node_id, info.num_clients
             if self.num_clients is not None and n != self.num_clients:
                 raise RuntimeError(f"node {node} sees {n} clients, others {self.num_clients}: same recipe?")
-            self.num_clients = n
-            self.dropped_examples = json.loads(str(info.get("dropped-examples", "{}")))
-            self.parts[node] = (int(info["partition-id"]), int(info["num-partitions"]))
-            self.synced[node] = int(info["replica-round"])
+            self.num_clients, self.dropped_examples = n, info.dropped_examples
+            self.parts[node] = (info.partition_id, info.num_partitions)
+            self.synced[node] = info.replica_round
 
     def owner(self, client_id: int) -> int | None:
         """The node hosting `client_id` (the newest to claim it when a node was restarted)."""

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from kit import evaluation
+from kit.deploy.messages import SyncReport, SyncRequest, TrainRequest
 from kit.deploy.recipe import Recipe
 from kit.federation.catchup import MERGED
 from kit.methods import Method, build_method
 from kit.models import load_model
 from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
-from kit.rounds import train_client
+from kit.rounds import ClientResult, train_client
 from kit.snapshot import WeightSnapshot
 
 
@@ -115,13 +116,14 @@ class NodeReplica:
                 p.unlink()
 
     # -- sync ------------------------------------------------------------------------------------
-    def sync(self, target: int, first: int, downlinks: list[bytes], kind: str, weights=None) -> dict:
-        """Bring the replica to round `target` and save it; returns what was done.
+    def sync(self, request: SyncRequest, weights=None) -> SyncReport:
+        """Bring the replica to round `request.target` and save it; returns what was done.
 
-        `downlinks` are the encoded downlinks of rounds first..target (methods that replay; the last
-        one also carries the next round's client-side state); `weights` (float32 arrays in
+        `request.downlinks` are the encoded downlinks of rounds first..target (methods that replay;
+        the last one also carries the next round's client-side state); `weights` (float32 arrays in
         `global_params()` order) are the global state of round `target` when the server sent it.
         """
+        target, first, downlinks, kind = request.target, request.first, request.downlinks, request.kind
         at = self.load()
         done = "none"
         if weights is not None and at < target:
@@ -145,7 +147,7 @@ class NodeReplica:
             done = MERGED if kind == MERGED else "replay"
         if at != target or done != "none" or not self._file(target).is_file():
             self.save(target)  # (round 0 too: a client's start values are read back from the file)
-        return {"sync": done, "sync-passes": passes, "replica-round": target, "replica-digest": self.digest()}
+        return SyncReport(done, passes, target, self.digest())
 
     def digest(self) -> str:
         return weights_digest(self.rt.module.net)
@@ -157,35 +159,27 @@ class NodeReplica:
     def num_clients(self) -> int:
         return self.rt.dm.num_clients_effective
 
-    def train(self, server_round: int, client_id: int, steps: int) -> dict:
-        """`steps` local steps of `client_id` from the synced replica; returns its uplink and stats."""
+    def train(self, request: TrainRequest) -> ClientResult:
+        """`request.steps` local steps of its client from the synced replica: its uplink and counters."""
+        server_round, client_id = request.round, request.client
         if not self.hosts(client_id) or not 0 <= client_id < self.num_clients():
             raise ValueError(
                 f"client {client_id} is not hosted here (partition-id={self.partition_id}, "
                 f"num-partitions={self.num_partitions}, {self.num_clients()} clients)"
             )
         rt = self.rt
-        rt.dm.set_round_plan(server_round, [(client_id, steps)])
+        rt.dm.set_round_plan(server_round, [(client_id, request.steps)])
         saved = WeightSnapshot(rt.params, "disk", self._file(self.saved_round())).saved
         rt.module.net.train()  # as under the Trainer
         try:
-            r = train_client(
+            return train_client(
                 rt.method, server_round, client_id, rt.dm.round_batches(), rt.module.batch_loss, saved,
                 rt.dm.client_sizes[client_id],
             )  # fmt: skip
         finally:
             rt.module.net.eval()
-        return {
-            "payload": r.wire,
-            "client": r.client,
-            "num-examples": r.num_examples,
-            "loss-sum": r.loss_sum,
-            "steps": r.steps,
-            "skipped": r.skipped,
-        }
 
-    def eval_loss(self) -> dict:
+    def eval_loss(self) -> float:
         """Mean per-example response loss on the held-out set (as `kit.evaluation.eval_loss`)."""
         shim = SimpleNamespace(datamodule=self.rt.dm, world_size=1, global_rank=0)
-        batch_size = int(self.recipe.fed["eval_batch_size"])
-        return {"eval-loss": evaluation.eval_loss(shim, self.rt.module, batch_size)}
+        return evaluation.eval_loss(shim, self.rt.module, self.recipe.config.eval.eval_batch_size)

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from kit.atomic import fsync_replace, load_verified
+from kit.deploy.messages import EvalReply, SyncRequest, TrainReply, TrainRequest
 from kit.deploy.nodes import Nodes
 from kit.deploy.recipe import Recipe
 from kit.deploy.wire import flower_bytes
@@ -99,8 +100,8 @@ class FedKSeedStrategy(Strategy):
     def _sync_records(self, node: int, target: int) -> tuple[RecordDict, int]:
         """What `node` needs to reach round `target` (`kit.rounds.sync`) as records; its payload bytes."""
         sync = plan_sync(self.method, self.synced.get(node, 0), target, self.costs)
-        cfg = {"target": sync.target, "first": sync.first, "sync": sync.kind}
-        records = RecordDict({"sync": ConfigRecord({**cfg, "downlinks": list(sync.downlinks)})})
+        request = SyncRequest(sync.target, sync.first, sync.kind, sync.downlinks)
+        records = RecordDict({"sync": ConfigRecord(request.values())})
         if sync.weights is not None:
             records["weights"] = ArrayRecord(list(sync.weights))
         return records, sync.payload_bytes
@@ -119,7 +120,7 @@ class FedKSeedStrategy(Strategy):
                 self._round["unhosted"].append(c)
                 continue
             content, payload = self._sync_records(node, server_round - 1)
-            content["train"] = ConfigRecord({"round": server_round, "client": c, "steps": steps})
+            content["train"] = ConfigRecord(TrainRequest(server_round, c, steps).values())
             msg = Message(
                 content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
             )
@@ -133,34 +134,30 @@ class FedKSeedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The uplinks that arrived go through the round core (screening, the method's server rule)."""
-        plan, errors = self._round["plan"], 0
-        ups = []
+        plan, errors, ups = self._round["plan"], 0, []
         for reply in replies:
             if reply.has_error():
                 errors += 1
                 continue
-            u = dict(reply.content["uplink"])
-            u["node"], u["flower-bytes"] = reply.metadata.src_node_id, flower_bytes(reply)
-            ups.append(u)
+            up = TrainReply.from_values(dict(reply.content["uplink"]))
+            ups.append((reply.metadata.src_node_id, flower_bytes(reply), up))
         if plan.steps and not ups:
             raise RuntimeError(
                 f"round {server_round}: no uplink within {self.nodes.round_timeout} s ({errors} error "
                 "replies); raise round-timeout or check the SuperNodes"
             )
         results = [
-            ClientResult(int(u["client"]), bytes(u["payload"]), float(u["loss-sum"]), int(u["steps"]),
-                         int(u["skipped"]), int(u["num-examples"]))
-            for u in ups
-        ]  # fmt: skip
+            ClientResult(u.client, u.payload, u.loss_sum, u.steps, u.skipped, u.num_examples) for *_, u in ups
+        ]
         before = self.run_state.digest  # the nodes synced to round r-1 before training
-        mismatched = sum(u["replica-digest"] != before for u in ups) if self.check_replicas else 0
+        mismatched = sum(u.sync.replica_digest != before for *_, u in ups) if self.check_replicas else 0
         samples = {r.client: r.num_examples for r in results}  # the clients' own counts
         metrics, outcome = self.run_state.close_round(plan, results, samples)
         self._round.update(metrics=metrics, results=results, outcome=outcome)
         accepted = [a.client for a in outcome.screening.accepted]
-        self._round["answered"] = {u["node"] for u in ups}
-        for u in ups:
-            self.synced[u["node"]] = max(self.synced.get(u["node"], 0), int(u["replica-round"]))
+        self._round["answered"] = {node for node, *_ in ups}
+        for node, _, u in ups:
+            self.synced[node] = max(self.synced.get(node, 0), u.sync.replica_round)
         refused = Counter({"client_error": errors, **outcome.screening.counts()})
         self.history.append({
             "round": server_round,
@@ -171,12 +168,12 @@ class FedKSeedStrategy(Strategy):
             "failed": self._round.get("failed", []),  # an error reply (e.g. the node is gone)
             "train_wait_s": self._round.get("train_wait_s"),
             "round_timeout_s": self.nodes.round_timeout,
-            "nodes": [int(u["node"]) for u in ups],
+            "nodes": [int(node) for node, *_ in ups],
             "refused": dict(refused),
-            "syncs": [u["sync"] for u in ups],
+            "syncs": [u.sync.kind for *_, u in ups],
             "replica_digest_mismatches": int(mismatched),
             "uplink_payload_bytes": [len(r.wire) for r in results],
-            "uplink_flower_bytes": [int(u["flower-bytes"]) for u in ups],
+            "uplink_flower_bytes": [size for _, size, _ in ups],
             "downlink_payload_bytes": self._round["down_payload"],
             "downlink_flower_bytes": self._round["down_flower"],
         })  # fmt: skip
@@ -205,11 +202,11 @@ class FedKSeedStrategy(Strategy):
         for reply in replies:
             if reply.has_error():
                 continue
-            res = reply.content["eval"]
-            self.synced[reply.metadata.src_node_id] = int(res["replica-round"])
+            res = EvalReply.from_values(dict(reply.content["eval"]))
+            self.synced[reply.metadata.src_node_id] = res.sync.replica_round
             if self.history and server_round:
-                self.history[-1]["eval_replica_digest_ok"] = res["replica-digest"] == self.run_state.digest
-            return MetricRecord({"eval/loss": float(res["eval-loss"])})
+                self.history[-1]["eval_replica_digest_ok"] = res.sync.replica_digest == self.run_state.digest
+            return MetricRecord({"eval/loss": res.eval_loss})
         return None
 
     def _evaluate(self, grid: Grid, server_round: int) -> float | None:
