@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from kit.atomic import fsync_replace, load_verified
+from kit.atomic import load_verified
 from kit.deploy.messages import EvalReply, SyncRequest, TrainReply, TrainRequest
 from kit.deploy.nodes import Nodes
 from kit.deploy.recipe import Recipe
+from kit.deploy.records import round_record, runtime_fields, save_state, write_config
 from kit.deploy.wire import flower_bytes
 from kit.methods import build_method
 from kit.models import load_model
@@ -154,29 +152,15 @@ class FedKSeedStrategy(Strategy):
         samples = {r.client: r.num_examples for r in results}  # the clients' own counts
         metrics, outcome = self.run_state.close_round(plan, results, samples)
         self._round.update(metrics=metrics, results=results, outcome=outcome)
-        accepted = [a.client for a in outcome.screening.accepted]
         self._round["answered"] = {node for node, *_ in ups}
         for node, _, u in ups:
             self.synced[node] = max(self.synced.get(node, 0), u.sync.replica_round)
-        refused = Counter({"client_error": errors, **outcome.screening.counts()})
-        self.history.append({
-            "round": server_round,
-            "clients": list(plan.clients),
-            "trained": accepted,
-            "missing": sorted(set(plan.clients) - set(accepted)),
-            "deadline_missed": self._round.get("deadline_missed", []),  # no reply by round-timeout
-            "failed": self._round.get("failed", []),  # an error reply (e.g. the node is gone)
-            "train_wait_s": self._round.get("train_wait_s"),
+        extra = {
+            **self._round,
             "round_timeout_s": self.nodes.round_timeout,
-            "nodes": [int(node) for node, *_ in ups],
-            "refused": dict(refused),
-            "syncs": [u.sync.kind for *_, u in ups],
-            "replica_digest_mismatches": int(mismatched),
-            "uplink_payload_bytes": [len(r.wire) for r in results],
-            "uplink_flower_bytes": [size for _, size, _ in ups],
-            "downlink_payload_bytes": self._round["down_payload"],
-            "downlink_flower_bytes": self._round["down_flower"],
-        })  # fmt: skip
+            "replica_digest_mismatches": mismatched,
+        }
+        self.history.append(round_record(plan, ups, outcome, errors, extra))
         return None, MetricRecord({k: v for k, v in metrics.items() if not isinstance(v, str)})
 
     # -- 3) evaluation -----------------------------------------------------------------------------
@@ -248,32 +232,12 @@ class FedKSeedStrategy(Strategy):
             print(f"[kit] round {rnd}: {json.dumps(self.history[-1])}", flush=True)
         return self.write_summary()
 
-    def _write_config(self) -> None:
-        """config.yaml: the resolved recipe in `fedkseed fit`'s layout (rebuild, export, notebooks)."""
-        r = self.recipe
-        config = {
-            "method": r.method,
-            "model": r.hp,
-            "data": r.data,
-            "fed": r.fed,
-            "trainer": {"max_epochs": r.rounds},
-        }
-        tmp = self.run_dir / "config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        fsync_replace(tmp, self.run_dir / "config.yaml")
-
     def save_checkpoint(self) -> None:
-        """The run state and Flower's records, written atomically (temp + fsync + rename)."""
-        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            **self.run_state.state_dict(),
-            "flower_history": json.dumps(self.history),
-            "rows": json.dumps(self.rows),
-            "resumed_at": json.dumps(self.resumed_at),
-        }
-        tmp = self.ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        fsync_replace(tmp, self.ckpt)
+        """The run state and Flower's records, written atomically."""
+        flower = {"flower_history": self.history, "rows": self.rows, "resumed_at": self.resumed_at}
+        save_state(
+            self.ckpt, {**self.run_state.state_dict(), **{k: json.dumps(v) for k, v in flower.items()}}
+        )
 
     def _load_checkpoint(self) -> dict:
         fix = f"restore it from a copy, or move {self.run_dir} away to start the federation afresh"
@@ -284,23 +248,10 @@ class FedKSeedStrategy(Strategy):
         return state
 
     def write_summary(self) -> dict:
-        """summary.json (a Lightning run's schema plus Flower's runtime fields) and metrics.csv."""
-        h, run = self.history, self.run_state
-        final = run.rounds_done == self.recipe.rounds
+        """summary.json (a Lightning run's schema plus Flower's runtime fields), metrics.csv, config.yaml."""
+        run = self.run_state
         facts = run.facts(self.nodes.num_clients or 0, self.nodes.dropped_examples, "flower")
-        ups = [b for r in h for b in r["uplink_payload_bytes"]]
-        downs = [b for r in h for b in r["downlink_payload_bytes"]]
-        facts.update({
-            "nodes": {str(n): pid for n, (pid, _) in self.nodes.parts.items()},  # node id -> partition, found
-            "resumed_at": self.resumed_at,
-            "uplink_payload_bytes_max": max(ups, default=0),
-            "uplink_flower_bytes_max": max((b for r in h for b in r["uplink_flower_bytes"]), default=0),
-            "downlink_payload_bytes_max": max(downs, default=0),
-            "downlink_flower_bytes_max": max((b for r in h for b in r["downlink_flower_bytes"]), default=0),
-            "paper_claim_bytes": 18 * 1024,
-            "replica_digest_mismatches": sum(r["replica_digest_mismatches"] for r in h),
-            "per_round": h,
-        })  # fmt: skip
+        facts.update(runtime_fields(self.history, self.nodes.parts, self.resumed_at))
         write_metrics_csv(self.run_dir / "metrics.csv", self.rows)
-        self._write_config()
-        return run.write_summary(self.run_dir / "summary.json", facts, final)
+        write_config(self.run_dir, self.recipe)
+        return run.write_summary(self.run_dir / "summary.json", facts, run.rounds_done == self.recipe.rounds)
