@@ -81,3 +81,20 @@ def test_the_round_core_imports_no_runtime():
         names = [a.name for n in body if isinstance(n, ast.Import) for a in n.names]
         names += [n.module for n in body if isinstance(n, ast.ImportFrom) and n.module]
         assert not [n for n in names if n.split(".")[0] in ("lightning", "flwr")], m
+
+
+def test_no_code_outside_the_methods_reads_a_methods_private_state():
+    import re
+
+    private = r"(probs|downlinks|pool|perturber|hp|server|probabilities_sorted|decay|named|wire_dtype|fed)"
+    pattern = re.compile(rf"\b(method|m|self\.method|rt\.method|self\.rt\.method)\.{private}\b")
+    hits = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for pkg in PACKAGES
+        for p in (REPO / pkg).rglob("*.py")
+        if not p.is_relative_to(REPO / "kit" / "methods")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+    assert pattern.search("x = m.probs") and pattern.search("self.method.hp['lr']")  # the check bites
