@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,13 +82,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, dict]:
+# (run dir, checkpoint or None, device) -> (model, tokenizer): the kit's rebuild, passed in by
+# `fedkseed eval` (kit/cli.py), so this package never imports the kit's training side
+RunLoader = Callable[[Path, Path | None, str], tuple]
+
+
+def run_eval(args: argparse.Namespace, load_run: RunLoader | None = None) -> dict[str, dict]:
     """Load the model named by `args`, evaluate it, print one line per suite and return the results."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.run is not None:
-        from kit.rebuild import load_run_model
-
-        model, tokenizer = load_run_model(args.run, args.ckpt, device)
+        if load_run is None:
+            raise SystemExit("python -m eval: --run rebuilds a run's model: use `fedkseed eval --run DIR`")
+        model, tokenizer = load_run(args.run, args.ckpt, device)
     else:
         model, tokenizer = load_model(args.model, args.dtype, device), load_tokenizer(args.model)
     names = {"suite": "suites", "data_root": "data_root", "limit": "limit", "dolly_size": "dolly_size"}
@@ -121,10 +127,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, dict]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse `argv` (default: the process arguments) and run the eval."""
+def main(argv: list[str] | None = None, load_run: RunLoader | None = None) -> None:
+    """Parse `argv` (default: the process arguments) and run the eval (`load_run`: for `--run`)."""
     from kit.cli_errors import one_line_argparse, run_guarded
 
     parser = argparse.ArgumentParser(prog="fedkseed eval", description="Zero-shot Rouge-L of a causal LM.")
     one_line_argparse(parser, "fedkseed eval")
-    run_guarded("fedkseed eval", run_eval, add_eval_arguments(parser).parse_args(argv))
+    run_guarded("fedkseed eval", run_eval, add_eval_arguments(parser).parse_args(argv), load_run)

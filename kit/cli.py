@@ -29,6 +29,7 @@ from kit.checkpoint import LOOP_STATE_KEY, RoundCheckpoint, load_checkpoint
 from kit.cli_errors import OneLineParser, ensure_writable, quiet_seed, run_guarded
 from kit.data.datamodule import FederatedDataModule
 from kit.loop import FederatedLoop
+from kit.methods import methods_help
 from kit.metrics_csv import RoundCSVLogger
 from kit.module import FedKSeedModule, MethodName
 from kit.resume_guard import experiment_config, guard_resume
@@ -55,8 +56,7 @@ class FedKSeedCLI(LightningCLI):
             "--method",
             type=MethodName,
             default="fedkseed",
-            help="Federated method: fedkseed, fedkseed-pro, fedzo, fedit, fedit-sgd, fedptuning, fedprompt, "
-            "fedavg (settings: recipes/methods/<name>.yaml).",
+            help=methods_help(),
         )
         parser.link_arguments("method", "model.method")
         parser.add_argument(
@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "eval":
         from eval.cli import main as eval_main
+        from kit.rebuild import load_run_model
 
-        eval_main(argv[1:])
+        eval_main(argv[1:], load_run_model)
         return
     if argv and argv[0] in ("export", "materialize"):
         from kit.finetune_cli import export_main, materialize_main

@@ -19,11 +19,12 @@ from kit.federation.seedfile import SeedFile, decode, encode
 from kit.federation.seeds import SeedPool
 from kit.federation.sync import apply_scalars
 from kit.identity import check_rebuilt, check_theta0, theta0_identity
+from kit.methods import SCALAR_PAYLOAD
 from kit.models import load_model, load_tokenizer
 from kit.zo.definition import ZDefinition, check_same
 from kit.zo.perturb import Perturber
 
-ZO_SEED_METHODS = ("fedkseed", "fedkseed-pro")
+ZO_SEED_METHODS = SCALAR_PAYLOAD  # the registry's methods whose runs are seed files
 
 
 def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> Path:
@@ -33,7 +34,8 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | No
     hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
     if hp["method"] not in ZO_SEED_METHODS:
         raise UsageError(
-            f"{run_dir} is a {hp['method']!r} run; only fedkseed and fedkseed-pro runs export as seed files"
+            f"{run_dir} is a {hp['method']!r} run; only {' and '.join(ZO_SEED_METHODS)} runs "
+            "export as seed files"
         )
     digests = state.get("round_digests") or []
     if not state.get("theta0") or not state.get("z") or len(digests) != state["rounds_done"]:
@@ -48,6 +50,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | No
         federation_seed=settings.seed,
         lr=float(hp["lr"]),
         weight_decay=float(hp["weight_decay"]),
+        local_steps=settings.local_steps,
         method=hp["method"],
         global_weights_sha256=digests[-1] if digests else state["theta0"]["sha256"],
         downlinks=[g.numpy() for g in state["method_state"]["downlinks"]],
@@ -76,8 +79,9 @@ def materialize(
     try:
         check_same(zdef, perturber.definition, str(seed_file))
         pool = SeedPool(sf.num_seeds, sf.federation_seed)
+        decay = sf.round_decay()  # the server's global update decays matrices as tau local steps do
         for g in sf.downlinks:
-            apply_scalars(perturber, pool, g, sf.lr, sf.weight_decay)
+            apply_scalars(perturber, pool, g, sf.lr, decay)
     finally:
         perturber.close()
     check_rebuilt(sf.global_weights_sha256, net, str(seed_file))

@@ -1,14 +1,14 @@
 """The federated-loop Callback: one Trainer epoch is one round, the same round for every method.
 
-Per round (`server_round` counts from 1):
-  1) configure_train: sample the round's clients (seeded by round), decide which drop out or miss the
-     deadline (`kit.federation.faults`), give this process its share of the others;
-  2) each client: restore the global parameters, tau local steps of the method's client update,
-     then its encoded uplink (`kit.methods`: K scalars for FedKSeed, tensors for the baselines);
-  3) aggregate_train: every process gets every uplink's bytes, the method screens them (rejections
-     counted, never aggregated) and aggregates the accepted ones in client-id order into the downlink;
-  4) global update: restore the global parameters, apply the decoded downlink, save them; then
-     evaluation (`kit.evaluation`) and reporting (`kit.reporting`).
+The round itself is the round core's (`kit.rounds`, shared with Flower's strategy); this callback
+is Lightning's glue. Per round (`server_round` counts from 1):
+  1) configure_train: the round's plan (`ServerRun.plan`: sampling, faults, each client's steps),
+     this process's share of it to the datamodule (idle steps keep processes in step);
+  2) each client: restore the global parameters (`WeightSnapshot`), the method's client update steps
+     the batches Lightning feeds, then its encoded uplink (`ClientTally`);
+  3) every process gets every uplink's bytes; `ServerRun.close_round` screens and aggregates them
+     into the downlink, applies it to the restored global parameters (saved after), records it;
+  4) evaluation (`kit.evaluation`), loggers, summary.json.
 Everything random is a pure function of (seed, round, client), so results do not depend on the
 number of processes and a resumed run repeats an uninterrupted one.
 """
@@ -18,12 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -31,15 +29,15 @@ from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.divergence import DivergenceWatch, divergence_line
 from kit.federation.bounds import robust_rule_warning
-from kit.federation.faults import FaultModel
-from kit.federation.server import sample_clients
-from kit.identity import check_rebuilt, check_theta0, theta0_identity, weights_digest
-from kit.methods import FedSettings, Method, build_method
+from kit.methods import Method, build_method
 from kit.metrics_csv import RoundCSVLogger
 from kit.ranges import check_fed_ranges
-from kit.reporting import RunReporter, headline, log_rouge_tables
+from kit.reporting import headline, log_rouge_tables
+from kit.rounds import ClientTally
+from kit.rounds.config import FLAG_DEFAULTS, FedConfig
+from kit.rounds.run import ServerRun
+from kit.rounds.state import check_method
 from kit.snapshot import WeightSnapshot
-from kit.zo.definition import ZDefinition, check_same
 
 log = logging.getLogger(__name__)
 
@@ -115,40 +113,20 @@ class FederatedLoop(pl.Callback):
         stop_on_divergence: bool = False,
     ) -> None:
         check_fed_ranges(locals())
-        self.settings = FedSettings(
-            seed,
-            local_steps,
-            num_seeds,
-            bias_loss_clip,
-            pro_temperature,
-            equal_weights,
-            aggregation,
-            trim_fraction,
-            scalar_bound,
-            screen_bound=screen_bound,
-            loss_range=loss_range,
-            tensor_norm_ratio=tensor_norm_ratio,
-        )
+        flags = {k: v for k, v in locals().items() if k in FLAG_DEFAULTS}
+        self.config = config = FedConfig.from_flags(flags)  # checked, per concern (kit/rounds/config.py)
+        self.settings, self.faults, self.eval = config.settings, config.faults, config.eval
         self.watch = DivergenceWatch(divergence_factor)
         self.stop_on_divergence = stop_on_divergence
         self.halted = False  # stopped at a divergence: the round's checkpoint is not written
         self.experiment: dict = {}  # the experiment-defining config, set by the CLI (kit.resume_guard)
         self.config_changes: list[dict] = []  # deliberate changes on resume (--resume_changes)
-        self.faults = FaultModel(dropout, straggler_prob, straggler_delay_s, deadline_s)
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
-        self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
-        self.rouge_every, self.rouge_at_end = rouge_every, rouge_at_end
-        self.rouge_suites, self.rouge_limit = rouge_suites, rouge_limit
-        self.progress = progress
+        self.snapshot_where, self.progress = snapshot, progress
         self.run_dir: Path | None = None  # the Trainer's default_root_dir (the CLI's --run_dir)
         self.method: Method | None = None
-        self.reporter = RunReporter()
-        self.rounds_done = 0
-        self.theta0: dict | None = None  # {"model", "sha256"} of the weights training started from
-        self.round_digests: list[str] = []  # sha256 of the global weights after each round
-        self._recorded: dict = {}  # a resumed checkpoint's theta0 and z
-        self._loaded: dict | None = None
-        self._prepared = False
+        self.run: ServerRun | None = None  # the round core's run state (kit/rounds/run.py)
+        self._recorded: dict | None = None  # a resumed checkpoint's state
         self._round: dict = {}
 
     # -- setup --------------------------------------------------------------------------------
@@ -159,10 +137,13 @@ class FederatedLoop(pl.Callback):
             self.method = build_method(pl_module.hparams.method, pl_module.hparams, self.settings)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
-        self.reporter.t0 = time.perf_counter()
-        if not self._prepared:
-            self.watch.vocab_size = getattr(getattr(pl_module.net, "config", None), "vocab_size", None)
-            self._prepare(pl_module)
+        """The run state: θ₀, the method's model, on resume the checkpoint's global state (checked)."""
+        t0 = time.perf_counter()
+        model_id, recorded = pl_module.hparams.model, self._recorded
+        fed = self.settings, self.faults, self.fraction
+        self.run = ServerRun(self.method, pl_module.net, model_id, *fed, recorded)
+        self.run.reporter.t0, pl_module.net = t0, self.run.net
+        self.watch.vocab_size = getattr(getattr(self.run.net, "config", None), "vocab_size", None)
         per_round = max(1, int(trainer.datamodule.num_clients_effective * self.fraction))
         warning = robust_rule_warning(self.settings.aggregation, self.settings.trim_fraction, per_round)
         if warning and trainer.is_global_zero:
@@ -172,173 +153,108 @@ class FederatedLoop(pl.Callback):
             where = "disk" if pl_module.device.type == "cpu" else "memory"
         path = self.run_dir / f".global_weights.rank{trainer.global_rank}.bin"
         self._snapshot = WeightSnapshot(self.method.global_params(), where, path)
-        if self._loaded is not None:  # resumed: the global model from the checkpoint's global state
-            self.method.load_state_dict(self._loaded)
-            self.method.restore_global()
-            self._loaded = None
-            if trainer.is_global_zero:  # metrics.csv: keep the checkpointed rounds' rows, drop later ones
-                for logger in trainer.loggers:
-                    if isinstance(logger, RoundCSVLogger):
-                        logger.resume(self.rounds_done)
-            if len(self.round_digests) == self.rounds_done > 0:
-                check_rebuilt(self.round_digests[-1], pl_module.net, "the checkpoint")
-        elif self.reporter.eval_loss_before is None:
-            self.reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
-            self.reporter.log(trainer, {"eval/loss": self.reporter.eval_loss_before}, step=0)
-            self.watch.reference = self.reporter.eval_loss_before
+        reporter = self.run.reporter
+        if recorded is not None and trainer.is_global_zero:  # metrics.csv: keep the checkpointed rounds
+            for logger in trainer.loggers:
+                if isinstance(logger, RoundCSVLogger):
+                    logger.resume(self.run.rounds_done)
+        elif recorded is None and reporter.eval_loss_before is None:
+            reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval.eval_batch_size)
+            reporter.log(trainer, {"eval/loss": reporter.eval_loss_before}, step=0)
+            self.watch.reference = reporter.eval_loss_before
         self._snapshot.save()
-        self._plan_round(trainer, self.rounds_done + 1)
+        self._plan_round(trainer, self.run.rounds_done + 1)
         if trainer.is_global_zero and self.progress:
-            self._bar = tqdm(
-                total=trainer.max_epochs,
-                initial=self.rounds_done,
-                desc="rounds",
-                position=0,
-                dynamic_ncols=True,
-            )
-
-    def _prepare(self, pl_module) -> None:
-        """theta_0's identity, then the method's model; on resume both checked against the checkpoint
-        (same theta_0, and z drawn as recorded whatever this device's default backend)."""
-        self.theta0 = theta0_identity(pl_module.hparams.model, pl_module.net)
-        if self._recorded.get("theta0"):
-            check_theta0(self._recorded["theta0"], self.theta0, "the checkpoint")
-        if self._recorded.get("z"):
-            self.method.z_record = ZDefinition.from_dict(self._recorded["z"])
-        pl_module.net = self.method.prepare(pl_module.net)
-        if self.method.z_record is not None:
-            check_same(self.method.z_record, self.method.z_definition(), "the checkpoint")
-        self._prepared = True
-
-    def _z(self) -> dict | None:
-        zdef = self.method.z_definition()
-        return zdef.to_dict() if zdef is not None else None
+            bar = {"desc": "rounds", "position": 0, "dynamic_ncols": True}
+            self._bar = tqdm(total=trainer.max_epochs, initial=self.run.rounds_done, **bar)
 
     # -- 1) configure_train ------------------------------------------------------------------
     def _plan_round(self, trainer: pl.Trainer, rnd: int) -> None:
-        """Sample round `rnd`'s clients and hand this process its share to the datamodule.
+        """Plan round `rnd` (`kit.rounds.plan_round`) and hand this process its share to the datamodule.
 
         Done before the round starts: Lightning fetches the first batch before `on_train_epoch_start`.
         """
-        dm = trainer.datamodule
-        clients = sample_clients(self.seed, rnd, dm.num_clients_effective, self.fraction)
-        faults = self.faults.round(self.seed, rnd, clients)
-        # clients that drop out or miss the deadline do not train: their uplink would be discarded
-        mine = faults.arrived[trainer.global_rank :: trainer.world_size]
+        dm, world = trainer.datamodule, trainer.world_size
+        plan = self.run.plan(rnd, dm.num_clients_effective)
+        mine = list(plan.steps[trainer.global_rank :: world])
         # Lightning syncs the processes at every step, so all of them must run as many steps
-        padding = -(-len(faults.arrived) // trainer.world_size) - len(mine)
-        plan = [(c, self.local_steps) for c in mine] + [(IDLE, self.local_steps)] * padding
-        dm.set_round_plan(rnd, plan or [(IDLE, 1)])  # an epoch needs a step, even with every client missing
-        self._round = {
-            "round": rnd,
-            "clients": clients,
-            "faults": faults,
-            "mine": mine,
-            "rows": {},
-            "client": None,
-        }
+        most = max(sum(n for _, n in plan.steps[r::world]) for r in range(world))
+        idle = most - sum(n for _, n in mine)
+        # an epoch needs a step, even with every client missing
+        dm.set_round_plan(rnd, mine + ([(IDLE, idle)] if idle else []) or [(IDLE, 1)])
+        self._round = {"plan": plan, "mine": [c for c, _ in mine], "rows": {}, "client": None}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._round["t0"] = time.perf_counter()
         if trainer.is_global_zero and self.progress:
-            total = len(self._round["mine"]) * self.local_steps
-            self._steps_bar = tqdm(
-                total=total,
-                desc=f"round {self._round['round']} local steps",
-                position=1,
-                leave=False,
-                dynamic_ncols=True,
-            )
+            plan = self._round["plan"]
+            total = sum(plan.steps_of(c) for c in self._round["mine"])
+            bar = {"position": 1, "leave": False, "dynamic_ncols": True}
+            self._steps_bar = tqdm(total=total, desc=f"round {plan.round} local steps", **bar)
 
     # -- 2) local training ---------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         client = int(batch["client_id"])
         if client == IDLE:
             return
-        c = self._round["client"]
-        if c is None or c["id"] != client:
+        tally = self._round["client"]
+        if tally is None or tally.client != client:
             self._snapshot.restore()  # every client starts from the round's global parameters
-            pl_module.client = self.method.client(
-                self._round["round"], client, pl_module.batch_loss, self._snapshot.saved
-            )
-            self._round["client"] = {"id": client, "loss": 0.0, "steps": 0, "skipped": 0}
+            rnd = self._round["plan"].round
+            pl_module.client = self.method.client(rnd, client, pl_module.batch_loss, self._snapshot.saved)
+            self._round["client"] = ClientTally(client)
         self._step_t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if int(batch["client_id"]) == IDLE:
             return
-        self.reporter.step_times.append(time.perf_counter() - self._step_t0)
-        step, c = outputs["step"], self._round["client"]
-        if step.skipped:
-            c["skipped"] += 1
-        else:
-            c["loss"] += step.loss
-            c["steps"] += 1
+        self.run.reporter.step_times.append(time.perf_counter() - self._step_t0)
+        step, tally = outputs["step"], self._round["client"]
+        tally.add(step)
         if trainer.is_global_zero and self.progress:
             self._steps_bar.update(1)
-            self._steps_bar.set_postfix(client=c["id"], loss=f"{step.loss:.3f}")
+            self._steps_bar.set_postfix(client=tally.client, loss=f"{step.loss:.3f}")
         if int(batch["local_step"]) == int(batch["num_steps"]) - 1:
-            wire = pl_module.client.finish()
-            self._round["rows"][c["id"]] = (wire, c["loss"], c["steps"], c["skipped"])
+            num_examples = trainer.datamodule.client_sizes[tally.client]
+            self._round["rows"][tally.client] = tally.result(pl_module.client.finish(), num_examples)
             pl_module.client, self._round["client"] = None, None
 
     # -- 3) aggregate_train + 4) global update -------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        rnd, clients, faults = self._round["round"], self._round["clients"], self._round["faults"]
+        plan, run = self._round["plan"], self.run
+        rnd = plan.round
         rows = _gather(trainer, self._round["rows"])
+        results = [rows[c] for c in plan.training]  # arrival order
         sizes = trainer.datamodule.client_sizes
-        downlink, screening = self.method.aggregate_train(
-            rnd, [(cid, rows[cid][0]) for cid in faults.arrived], {c: sizes[c] for c in clients}
-        )
-        self._snapshot.restore()
-        method_metrics = self.method.apply_downlink(rnd, downlink)
-        self._snapshot.save()
-        self.rounds_done = rnd
-        self.round_digests.append(weights_digest(pl_module.net))
-        stats = np.array(
-            [rows[cid][1:] + (len(rows[cid][0]),) for cid in faults.arrived], dtype=np.float64
-        ).reshape(-1, 4)
-        sent = bool(len(stats))  # False: every sampled client was missing
-        metrics = {
-            "train/loss": float(stats[:, 0].sum() / max(stats[:, 1].sum(), 1)) if sent else float("nan"),
-            "fed/uplink_bytes_mean": float(stats[:, 3].mean()) if sent else 0.0,
-            "fed/uplink_bytes_max": float(stats[:, 3].max()) if sent else 0.0,
-            "fed/downlink_bytes": float(len(downlink)),
-            **method_metrics,
-            "zo/skipped_steps": float(stats[:, 2].sum()),
-            "time/round_s": time.perf_counter() - self._round["t0"],
-            **self.reporter.record_faults(rnd, faults, screening),
-        }
-        last = rnd == trainer.max_epochs
-        if last or (self.eval_every and rnd % self.eval_every == 0):
-            metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, self.eval_batch_size)
-        if (last and self.rouge_at_end) or (self.rouge_every and rnd % self.rouge_every == 0):
+        samples = {c: sizes[c] for c in plan.clients}
+        snap = self._snapshot
+        metrics, outcome = run.close_round(plan, results, samples, snap.restore, snap.save)
+        metrics["time/round_s"] = time.perf_counter() - self._round["t0"]
+        ev = self.eval
+        if ev.loss_due(rnd, trainer.max_epochs):
+            metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, ev.eval_batch_size)
+        if ev.rouge_due(rnd, trainer.max_epochs):
             out_dir = self.run_dir / "eval" / f"round_{rnd}"
-            results = evaluation.rouge(
-                trainer, pl_module, self.rouge_suites, self.rouge_limit, out_dir, self.progress
-            )
-            if results:
-                metrics.update(self.reporter.record_rouge(rnd, results))
-                log_rouge_tables(trainer, results, out_dir)
-        self.reporter.record_round(
-            metrics, [int(b) for b in stats[:, 3]], len(downlink), int(stats[:, 2].sum())
-        )
+            suites, limit = ev.rouge_suites, ev.rouge_limit
+            scores = evaluation.rouge(trainer, pl_module, suites, limit, out_dir, self.progress)
+            if scores:
+                metrics.update(run.reporter.record_rouge(rnd, scores))
+                log_rouge_tables(trainer, scores, out_dir)
+        run.finish_metrics(metrics, results, outcome)
         self._watch(trainer, rnd, metrics)
-        self.reporter.log(trainer, metrics, step=rnd)
+        run.reporter.log(trainer, metrics, step=rnd)
         if trainer.is_global_zero:
             if self.progress:
                 self._steps_bar.close()
                 self._bar.update(1)
-                self._bar.set_postfix(
-                    train_loss=f"{metrics['train/loss']:.4f}",
-                    eval_loss=f"{self.reporter.last_eval_loss():.4f}",
-                )
-            self.write_summary(trainer, pl_module)
+                losses = {"train_loss": f"{metrics['train/loss']:.4f}"}
+                self._bar.set_postfix(**losses, eval_loss=f"{run.reporter.last_eval_loss():.4f}")
+            self.write_summary(trainer)
         self._plan_round(trainer, rnd + 1)
 
     def _watch(self, trainer: pl.Trainer, rnd: int, metrics: dict) -> None:
         """Collapse detection on the round's losses: one warning line each; stop if asked."""
-        train = self.reporter.history["train_loss"][-1]  # None: no client trained this round
+        train = self.run.reporter.history["train_loss"][-1]  # None: no client trained this round
         for kind, loss in (("train", train), ("eval", metrics.get("eval/loss"))):
             event = self.watch.observe(rnd, kind, loss)
             if event is None:
@@ -352,76 +268,41 @@ class FederatedLoop(pl.Callback):
         if trainer.is_global_zero:
             if self.progress:
                 self._bar.close()
-            summary = self.write_summary(trainer, pl_module, final=True)
+            summary = self.write_summary(trainer, final=True)
             print(f"\n[kit] run directory: {self.run_dir}\n[kit] {json.dumps(headline(summary))}", flush=True)
         self._snapshot.cleanup()
         self.method.close()
 
-    def write_summary(self, trainer: pl.Trainer, pl_module, final: bool = False) -> dict:
+    def write_summary(self, trainer: pl.Trainer, final: bool = False) -> dict:
         """summary.json of the run so far (with the final weights digest when `final`)."""
         dm = trainer.datamodule
-        facts = {
-            "method": self.method.name,
-            "rounds": self.rounds_done,
-            "clients_per_round": max(1, int(dm.num_clients_effective * self.fraction)),
-            "num_clients": dm.num_clients_effective,
-            "local_steps": self.local_steps,
-            "seed": self.seed,
-            **self.method.summary(),
-            "dropped_examples": dm.dropped,
-            "faults": {
-                **asdict(self.faults),
-                "aggregation": self.settings.aggregation,
-                "trim_fraction": self.settings.trim_fraction,
-                "scalar_bound": self.settings.scalar_bound,
-            },
-            "world_size": trainer.world_size,
-            "theta0": self.theta0,
-            "z": self._z(),
-            "screening": {
-                "screen_bound": self.settings.screen_bound,
-                "loss_range": self.settings.loss_range,
-                "tensor_norm_ratio": self.settings.tensor_norm_ratio,
-            },
-            "divergence": self.watch.events,
-            "stopped_on_divergence": self.watch.events[-1]["round"] if self.halted else None,
-            "config_changes": self.config_changes,
+        facts = self.run.facts(dm.num_clients_effective, dm.dropped, "lightning")
+        facts["world_size"] = trainer.world_size
+        facts["screening"] = {
+            "screen_bound": self.settings.screen_bound,
+            "loss_range": self.settings.loss_range,
+            "tensor_norm_ratio": self.settings.tensor_norm_ratio,
         }
-        return self.reporter.write_summary(
-            self.run_dir / "summary.json", facts, pl_module.net if final else None
-        )
+        facts["divergence"] = self.watch.events
+        facts["stopped_on_divergence"] = self.watch.events[-1]["round"] if self.halted else None
+        facts["config_changes"] = self.config_changes
+        return self.run.write_summary(self.run_dir / "summary.json", facts, final)
 
-    # -- checkpoint: the method's global state (FedKSeed: the seed history, no weights) ---------
+    # -- checkpoint: the run state (FedKSeed: the seed history, no weights) ---------------------
     def state_dict(self) -> dict:
-        return {
-            "method": self.method.name,
-            "rounds_done": self.rounds_done,
-            "method_state": self.method.state_dict(),
-            "theta0": self.theta0,
-            "z": self._z(),
-            "round_digests": list(self.round_digests),
-            "divergence": self.watch.state_dict(),
-            "experiment": self.experiment,
-            "config_changes": self.config_changes,
-            **self.reporter.state_dict(),
-        }
+        state = self.run.state_dict()
+        state["divergence"] = self.watch.state_dict()
+        state["experiment"], state["config_changes"] = self.experiment, self.config_changes
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("method") != self.method.name:
-            raise ValueError(
-                f"the checkpoint is of a {state.get('method')!r} run, this run is {self.method.name!r}: "
-                "resume with the same --method"
-            )
-        self.rounds_done = int(state["rounds_done"])
-        self._recorded = {"theta0": state.get("theta0"), "z": state.get("z")}
-        self.round_digests = list(state.get("round_digests", []))
-        self.reporter.load_state_dict(state)
+        check_method(state, self.method, "the checkpoint")
         self.watch.load_state_dict(state.get("divergence", {}))
-        self._loaded = state["method_state"]
+        self._recorded = state
 
 
 def _gather(trainer: pl.Trainer, rows: dict) -> dict:
-    """Every process's client rows (uplink bytes and stats), merged: each process sees every uplink."""
+    """Every process's client results, merged: each process sees every uplink."""
     if trainer.world_size == 1:
         return rows
     gathered: list[dict | None] = [None] * trainer.world_size

@@ -14,13 +14,11 @@ import lightning.pytorch as pl
 import torch
 
 from kit.lm_head import example_losses, head_inputs
-from kit.methods import ClientUpdate
+from kit.methods import METHODS, ClientUpdate
 from kit.models import load_model
 from kit.ranges import check_model_ranges
 
-MethodName = Literal[
-    "fedkseed", "fedkseed-pro", "fedzo", "fedit", "fedit-sgd", "fedptuning", "fedprompt", "fedavg"
-]
+MethodName = Literal[METHODS]  # the registry's names (kit/methods/__init__.py), as CLI choices
 
 
 class FedKSeedModule(pl.LightningModule):
@@ -28,8 +26,8 @@ class FedKSeedModule(pl.LightningModule):
 
     Args:
         model: Hub id, local directory, or the embedded default `smollm2-135m`.
-        method: the federated method (set it with the top-level `--method`): fedkseed, fedkseed-pro,
-            fedzo, fedit, fedit-sgd, fedptuning, fedprompt or fedavg.
+        method: the federated method (set it with the top-level `--method`): a name of
+            `kit.methods.REGISTRY` (see `fedkseed fit --help`).
         lr: learning rate of the client's local steps (reference: 3e-7 ZO, 3e-4 FedIT).
         zo_eps: ZO methods: perturbation scale epsilon (reference 5e-4).
         weight_decay: ZO: decoupled decay on matrices only, never biases or norms, at every local

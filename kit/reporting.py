@@ -13,16 +13,18 @@ import os
 import resource
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
 from kit.federation.faults import RoundFaults
 from kit.federation.messages import REASONS
 from kit.federation.screening import Screening
 from kit.identity import weights_digest
+
+if TYPE_CHECKING:  # Lightning only where a Trainer logs: Flower's server reports with this module too
+    import lightning.pytorch as pl
 
 
 class RunReporter:
@@ -100,6 +102,8 @@ class RunReporter:
 
     @staticmethod
     def log(trainer: pl.Trainer, metrics: dict, step: int) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+
         if trainer.is_global_zero:
             numbers = {k: v for k, v in metrics.items() if not isinstance(v, str)}
             for logger in trainer.loggers:

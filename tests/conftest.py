@@ -148,3 +148,18 @@ def paper_rouge_from_generations(path: Path) -> float:
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return 100.0 * sum(score(r["prediction"], r["reference"]) for r in rows) / len(rows)
+
+
+def method_overrides(name: str) -> dict:
+    """recipes/methods/<name>.yaml as dotted overrides (what `-c recipes/methods/<name>.yaml` sets)."""
+    import yaml
+
+    tree = yaml.safe_load((REPO / "recipes" / "methods" / f"{name}.yaml").read_text())
+    return {"method": tree["method"], **{f"model.{k}": v for k, v in tree.get("model", {}).items()}}
+
+
+def method_cli(name: str) -> list[str]:
+    """The same as `fedkseed fit` arguments."""
+    import json
+
+    return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in method_overrides(name).items()]

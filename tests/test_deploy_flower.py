@@ -17,6 +17,7 @@ import time
 import pytest
 import yaml
 
+from kit.cli import main
 from kit.deploy.client_app import app as client_app
 from kit.deploy.local_grid import LocalGrid
 from kit.deploy.recipe import load_recipe, recipe_from_run_config
@@ -24,7 +25,7 @@ from kit.deploy.strategy import FedKSeedStrategy
 from kit.errors import UsageError
 from kit.federation.catchup import MERGED, REPLAY, WEIGHTS, plan_catchup
 
-from .conftest import fed_args
+from .conftest import REPO, fed_args, method_cli, method_overrides
 from .test_golden_run import golden
 
 
@@ -127,9 +128,10 @@ def test_catchup_plan_picks_the_cheapest_allowed_way():
     assert plan_catchup([80], 80, n).passes == 80 and plan_catchup([80], 80, n).seconds == pytest.approx(0.16)
 
 
-def test_recipe_refuses_methods_flower_does_not_run(tmp_path):
-    with pytest.raises(ValueError, match="--method fedit is not supported on Flower"):
-        load_recipe([], {"method": "fedit"})
+def test_recipe_refuses_unknown_methods_and_missing_files(tmp_path):
+    assert load_recipe([], {"method": "fedit"}).method == "fedit"  # every method runs on Flower
+    with pytest.raises(ValueError, match="unknown method 'fedx'.*one of fedkseed, fedkseed-pro"):
+        load_recipe([], {"method": "fedx"})
     with pytest.raises(FileNotFoundError, match="recipe .* not found"):
         load_recipe([str(tmp_path / "missing.yaml")])
 
@@ -205,15 +207,17 @@ def test_node_worker_serves_messages_and_dies_with_its_supernode(tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, data_root, tmp_path):
+@pytest.mark.parametrize("name", ["fedkseed-pro", "fedit"])
+def test_real_processes_server_restart_node_kill_and_catch_up(name, tiny_model_dir, data_root, tmp_path):
     """One deployment on 127.0.0.1 (`flower-superlink` + 3 `flower-supernode`), four `flwr run`s:
 
     1) the ServerApp killed (-9) after round 1 and the run resubmitted: it resumes from its
        checkpoint and ends round 2 with the Lightning golden run's digest and losses;
     2) round 3: the SuperNode of a round-3 client is killed (-9) once it has received its train
        message; the round completes with the other client (by the deadline, or earlier when the
-       SuperLink declares the node gone); restarted on the same state dir, the node catches up by
-       replay and trains its round-4 client, its replica's digest equal to the server's.
+       SuperLink declares the node gone); restarted on the same state dir, the node catches up (by
+       replay for FedKSeed, by downloading the global state for FedIT) and trains its round-4
+       client, its replica's digest equal to the server's.
     The deadline alone ending a round (a node that looks alive) is pinned in one process above.
     """
     from kit.deploy.local import LocalDeployment, cmdline, process_tree
@@ -230,7 +234,18 @@ def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, da
         seen.update(p for i in range(3) if (p := dep.worker_pid(i)))
 
     def submit(rounds: int, **extra) -> None:
-        dep.submit({**_run_config(tiny_model_dir, data_root, tmp_path, rounds=rounds), **run, **extra})
+        rc = _run_config(tiny_model_dir, data_root, tmp_path, rounds=rounds)
+        if name != "fedkseed-pro":  # the golden run's recipe; FedIT's method recipe
+            rc["overrides"] = json.dumps({**json.loads(rc["overrides"]), **method_overrides(name)})
+        dep.submit({**rc, **run, **extra})
+
+    if name == "fedkseed-pro":
+        expected = golden(name)
+    else:  # the Lightning run of the same recipe (tests/test_flower_methods.py: equal in one process)
+        lit = tmp_path / "lightning"
+        args = fed_args(tiny_model_dir, data_root, lit, rounds=2) + ["--fed.rouge_at_end", "false"]
+        main([*args, *method_cli(name)])
+        expected = json.loads((lit / "summary.json").read_text())
 
     try:
         dep.start()
@@ -242,8 +257,8 @@ def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, da
         submit(2)
         s2 = dep.wait_summary(rounds=2, timeout=900)
         assert s2["resumed_at"] == [1]
-        assert s2["global_weights_sha256"] == golden("fedkseed-pro")["global_weights_sha256"]
-        assert s2["train_loss_per_round"] == golden("fedkseed-pro")["train_loss_per_round"]
+        assert s2["global_weights_sha256"] == expected["global_weights_sha256"]
+        assert s2["train_loss_per_round"] == expected["train_loss_per_round"]
         assert s2["replica_digest_mismatches"] == 0
 
         # 2) a SuperNode killed mid-round 3: the node of a round-3 client that has a round-4 client too
@@ -276,7 +291,8 @@ def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, da
     back = [c for c in r4 if c % 3 == k]
     assert set(back) <= set(fourth["trained"]) and s["finished"] and s["resumed_at"] == [1, 2, 3]
     i = fourth["trained"].index(back[0])
-    assert fourth["syncs"][i] == "replay"  # its replica (round 2) replayed round 3's downlink
+    # its replica (round 2) replayed round 3's downlink, or (FedIT) downloaded round 3's global state
+    assert fourth["syncs"][i] == ("replay" if name == "fedkseed-pro" else "weights")
     old = [int(n) for n, part in s3["nodes"].items() if part == k]  # the id the killed node had
     assert s["nodes"][str(fourth["nodes"][i])] == k and fourth["nodes"][i] not in old  # restarted node
     assert s["replica_digest_mismatches"] == 0  # every replica that trained equalled the server's model
@@ -287,3 +303,30 @@ def test_real_processes_server_restart_node_kill_and_catch_up(tiny_model_dir, da
     ):
         time.sleep(0.5)
     assert not left, f"processes of the deployment still run 20 s after stop: {left}"
+
+
+def test_a_flower_run_directory_reads_like_a_lightning_one(tiny_model_dir, data_root, tmp_path):
+    """eval --run / export / materialize rebuild a Flower run; compare and the notebook read it."""
+    import sys
+
+    from kit.compare.table import run_row
+    from kit.finetune import export_run, materialize
+    from kit.rebuild import load_run_model
+    from kit.reporting import weights_digest
+
+    rc = _run_config(tiny_model_dir, data_root, tmp_path)
+    s = _strategy(rc, tmp_path / "run").run(LocalGrid(client_app, rc, 3, tmp_path / "nodes"))
+    model, _ = load_run_model(tmp_path / "run")  # from checkpoints/server.pt, digest-checked
+    assert weights_digest(model) == s["global_weights_sha256"]
+    seeds = export_run(tmp_path / "run", tmp_path / "run.seeds")
+    assert materialize(seeds, tmp_path / "model") == s["global_weights_sha256"]
+    row = run_row("ni", "fedkseed-pro", 1, tmp_path / "run")
+    assert row["eval_loss_after"] == s["eval_loss_after"] and row["uplink_bytes_per_client_round"] > 0
+    sys.path.insert(0, str(REPO / "notebooks"))
+    try:
+        import runs
+    finally:
+        sys.path.remove(str(REPO / "notebooks"))
+    run = runs.load_run(tmp_path / "run")
+    assert runs.method(run) == "fedkseed-pro" and runs.scenario(run).startswith("NI")
+    assert list(run["metrics"].index) == [0, 1, 2] and "train/loss" in run["metrics"]

@@ -35,7 +35,13 @@ def make_client_app(
         node = {**(node_defaults or {}), **context.node_config}
         if state_root and "state-dir" not in node:
             node["state-dir"] = f"{state_root}/node-{node.get('partition-id')}"
-        values = call(op, run_config or context.run_config, node, _request(msg))
+        rc, request = run_config or context.run_config, _request(msg)
+        if node.get("worker", True):
+            values = call(op, rc, node, request)
+        else:  # in-process grids: the work runs here (imports torch)
+            from kit.deploy.node_ops import handle
+
+            values = handle(op, rc, node, request)
         return Message(RecordDict({record: ConfigRecord(values)}), reply_to=msg)
 
     client_app = ClientApp()

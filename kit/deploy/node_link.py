@@ -8,7 +8,7 @@ flwr 1.42 starts a new `flwr-clientapp` process for every message (`--isolation 
 node's state dir; later ones connect to it over an abstract Unix socket named after that dir,
 authenticated by a key file only the node's user can read. The worker watches the process that
 spawned the ClientApp (the SuperNode's SuperExec): when the SuperNode dies, so does its worker.
-Node config `worker=false` runs the work in the calling process instead (in-process grids).
+(Node config `worker=false` runs the work in the ClientApp's process instead: kit/deploy/client_app.py.)
 Only the standard library here: this module is imported by every ClientApp process.
 """
 
@@ -87,14 +87,10 @@ def worker_connection(state: Path, watch_pid: int):
 
 
 def call(op: str, run_config: dict, node_config: dict, request: dict, watch_pid: int | None = None) -> dict:
-    """Do `op` for this node (in its worker, or here when node config `worker` is false).
+    """Do `op` in this node's worker.
 
     A worker started now lives as long as `watch_pid` (default: this ClientApp's parent, the
     SuperNode's SuperExec, which itself exits with the SuperNode)."""
-    if not node_config.get("worker", True):
-        from kit.deploy.node_ops import handle
-
-        return handle(op, run_config, node_config, request)
     watch = os.getppid() if watch_pid is None else watch_pid
     with worker_connection(state_dir(node_config), watch) as conn:
         conn.send((op, dict(run_config), dict(node_config), request))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kit.deploy.messages import EvalReply, NodeInfo, SyncReport, SyncRequest, TrainReply, TrainRequest
 from kit.deploy.node_link import state_dir
 from kit.deploy.recipe import recipe_from_run_config
 from kit.deploy.replica import NodeReplica
@@ -27,10 +28,8 @@ def node_replica(run_config: dict, node_config: dict) -> NodeReplica:
     return NodeReplica(recipe_from_run_config(run_config), state_dir(node_config), pid, count)
 
 
-def _sync(replica: NodeReplica, request: dict) -> dict:
-    s = request["sync"]
-    weights = request.get("weights")
-    return replica.sync(int(s["target"]), int(s["first"]), list(s["downlinks"]), str(s["sync"]), weights)
+def _sync(replica: NodeReplica, request: dict) -> SyncReport:
+    return replica.sync(SyncRequest.from_values(request["sync"]), request.get("weights"))
 
 
 @contextmanager
@@ -51,20 +50,23 @@ def replica_lock(directory: Path) -> Iterator[None]:
 def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
     """Run one message's work (`op`: train | evaluate | query) and return the reply's values."""
     replica = node_replica(run_config, node_config)
-    if op == "train":  # sync to the previous round, then tau steps of the named client
+    if op == "train":  # sync to the previous round, then the planned steps of the named client
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
-            t = request["train"]
-            return {**replica.train(int(t["round"]), int(t["client"])), **synced}
+            r = replica.train(TrainRequest.from_values(request["train"]))
+            reply = TrainReply(r.client, r.wire, r.num_examples, r.loss_sum, r.steps, r.skipped, synced)
+            return reply.values()
     if op == "evaluate":  # sync to the round just aggregated, then the held-out loss
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
-            return {**replica.eval_loss(), **synced}
+            return EvalReply(replica.eval_loss(), synced).values()
     if op == "query":
-        return {
-            "partition-id": replica.partition_id,
-            "num-partitions": replica.num_partitions,
-            "num-clients": replica.num_clients(),
-            "replica-round": replica.saved_round(),
-        }
+        info = NodeInfo(
+            replica.partition_id,
+            replica.num_partitions,
+            replica.num_clients(),
+            replica.saved_round(),
+            replica.rt.dm.dropped,
+        )
+        return info.values()
     raise ValueError(f"unknown node operation {op!r} (expected train, evaluate or query)")

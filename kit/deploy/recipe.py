@@ -16,11 +16,11 @@ from pathlib import Path
 import yaml
 
 from kit.data.datamodule import FederatedDataModule
-from kit.loop import FederatedLoop
-from kit.methods import SCALAR_PAYLOAD
+from kit.federation.faults import FaultModel
+from kit.methods import METHODS
 from kit.methods.base import FedSettings
 from kit.module import FedKSeedModule
-from kit.rebuild import _defaults
+from kit.rounds.config import FLAG_DEFAULTS, FedConfig, init_defaults
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,21 @@ class Recipe:
     method: str
     hp: dict  # FedKSeedModule's arguments (the methods' hyperparameters)
     data: dict  # FederatedDataModule's arguments
-    fed: dict  # FederatedLoop's arguments
+    fed: dict  # the `fed` flags
     rounds: int
 
     @property
+    def config(self) -> FedConfig:
+        """The `fed` flags per concern (kit/rounds/config.py), as Lightning's loop reads them."""
+        return FedConfig.from_flags(self.fed)
+
+    @property
     def settings(self) -> FedSettings:
-        return FederatedLoop(**self.fed).settings
+        return self.config.settings
+
+    @property
+    def faults(self) -> FaultModel:
+        return self.config.faults
 
     def datamodule(self) -> FederatedDataModule:
         return FederatedDataModule(**self.data)
@@ -69,14 +78,14 @@ def load_recipe(paths: list[str], overrides: dict | None = None) -> Recipe:
     for key, value in (overrides or {}).items():
         _set(tree, key, value)
     method = tree.get("method", tree.get("model", {}).get("method", "fedkseed"))
-    if method not in SCALAR_PAYLOAD:
+    if method not in METHODS:
         raise ValueError(
-            f"--method {method} is not supported on Flower: kit.deploy runs {' or '.join(SCALAR_PAYLOAD)}"
+            f"unknown method {method!r}: fix the recipe's `method` (one of {', '.join(METHODS)})"
         )
-    hp = {**_defaults(FedKSeedModule), **tree.get("model", {}), "method": method}
-    data = {**_defaults(FederatedDataModule), **tree.get("data", {})}
+    hp = {**init_defaults(FedKSeedModule), **tree.get("model", {}), "method": method}
+    data = {**init_defaults(FederatedDataModule), **tree.get("data", {})}
     data["tokenizer"] = hp["model"]  # as the CLI links model.model -> data.tokenizer
-    fed = {**_defaults(FederatedLoop), **tree.get("fed", {})}
+    fed = {**FLAG_DEFAULTS, **tree.get("fed", {})}
     rounds = int(tree.get("trainer", {}).get("max_epochs", 1))
     return Recipe(method, hp, data, fed, rounds)
 

@@ -3,10 +3,11 @@
 A node hosts the clients `c` with `c % num_partitions == partition_id`. Its replica is the global
 model at the last round it synced to, kept on disk (`replica-<round>.bin`, written atomically) so it
 survives the ClientApp process (one per message) and a killed SuperNode. Each message first syncs
-the replica to the round the server names: a weights download when the server sent weights, then
-the downlinks the replica misses, replayed in order (`kit.federation.sync.replay`, bit-identical to
-the server) or merged (`merged_replay`, when the server allowed it). Clients then train tau steps
-from the synced replica, exactly as the Lightning loop trains them.
+the replica to the round the server names: the global state when the server sent it (every
+tensor-payload method; FedKSeed when cheaper), then the method's own catch-up over the downlinks the
+replica misses (`Method.catch_up`: FedKSeed replays them, bit-identical to the server, or merged
+when the server allowed it). Clients then train tau steps from the synced replica, exactly as the
+Lightning loop trains them.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ import numpy as np
 import torch
 
 from kit import evaluation
+from kit.deploy.messages import SyncReport, SyncRequest, TrainRequest
 from kit.deploy.recipe import Recipe
 from kit.federation.catchup import MERGED
-from kit.federation.messages import decode_downlink
-from kit.federation.sync import merged_replay, replay
-from kit.methods import build_method
-from kit.methods.fedkseed import FedKSeed
+from kit.methods import Method, build_method
 from kit.models import load_model
 from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
+from kit.rounds import ClientResult, train_client
 from kit.snapshot import WeightSnapshot
 
 
@@ -39,7 +39,7 @@ class _Runtime:
 
     dm: object
     module: FedKSeedModule
-    method: FedKSeed
+    method: Method
     params: list[torch.Tensor]
 
 
@@ -50,6 +50,16 @@ def recipe_key(recipe: Recipe) -> str:
     """A short digest of the resolved recipe: replicas of another recipe are never mixed up."""
     text = json.dumps([recipe.method, recipe.hp, recipe.data, recipe.fed], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _initial_global(recipe: Recipe) -> list[torch.Tensor]:
+    """The global parameters before round 1: the method's prepared model from θ₀ (e.g. seeded adapters)."""
+    method = build_method(recipe.method, recipe.hp, recipe.settings)
+    try:
+        method.prepare(load_model(recipe.hp["model"], dtype="float32", device="cpu"))
+        return [p.detach() for p in method.global_params()]
+    finally:
+        method.close()
 
 
 def _runtime(recipe: Recipe) -> _Runtime:
@@ -91,9 +101,8 @@ class NodeReplica:
         """Put the replica into the model; returns its round."""
         rnd = self.saved_round()
         if rnd == 0:
-            theta0 = load_model(self.recipe.hp["model"], dtype="float32", device="cpu")
             with torch.no_grad():
-                for p, q in zip(self.rt.params, theta0.parameters(), strict=True):
+                for p, q in zip(self.rt.params, _initial_global(self.recipe), strict=True):
                     p.copy_(q)
         else:
             WeightSnapshot(self.rt.params, "disk", self._file(rnd)).restore()
@@ -107,14 +116,14 @@ class NodeReplica:
                 p.unlink()
 
     # -- sync ------------------------------------------------------------------------------------
-    def sync(self, target: int, first: int, downlinks: list[bytes], kind: str, weights=None) -> dict:
-        """Bring the replica to round `target` and save it; returns what was done.
+    def sync(self, request: SyncRequest, weights=None) -> SyncReport:
+        """Bring the replica to round `request.target` and save it; returns what was done.
 
-        `downlinks` are the encoded downlinks of rounds first..target (the last one also carries
-        Pro's probabilities); `weights` (float32 arrays in parameter order) are the global model of
-        round `target` when the server chose a download.
+        `request.downlinks` are the encoded downlinks of rounds first..target (methods that replay;
+        the last one also carries the next round's client-side state); `weights` (float32 arrays in
+        `global_params()` order) are the global state of round `target` when the server sent it.
         """
-        m = self.rt.method
+        target, first, downlinks, kind = request.target, request.first, request.downlinks, request.kind
         at = self.load()
         done = "none"
         if weights is not None and at < target:
@@ -125,28 +134,20 @@ class NodeReplica:
         rounds = list(range(first, first + len(downlinks)))
         if rounds and rounds[-1] != target:
             raise ValueError(f"downlinks end at round {rounds[-1]}, the server names round {target}")
-        missing = [(r, w) for r, w in zip(rounds, downlinks, strict=True) if r > at]
-        if missing and missing[0][0] != at + 1:
-            raise ValueError(
-                f"the replica is at round {at} and the server sent downlinks from round {missing[0][0]}: "
-                f"it must resend from round {at + 1}"
-            )
         if at > target:
             raise ValueError(f"the replica is at round {at}, ahead of the server's round {target}")
-        decoded = [decode_downlink(w, m.pool.k, m.pool.fingerprint, expected_round=r) for r, w in missing]
-        passes = 0
-        if decoded:
-            catch_up = merged_replay if kind == MERGED else replay
-            args = () if kind == MERGED else (m.hp["weight_decay"],)
-            passes = catch_up(m.perturber, m.pool, decoded, m.hp["lr"], *args)
+        missing = [r for r in rounds if r > at]
+        if at < target and (not missing or missing[0] != at + 1):
+            sent = f"downlinks from round {missing[0]}" if missing else "no downlink and no global state"
+            raise ValueError(
+                f"the replica is at round {at} and the server sent {sent}: it must resend from round {at + 1}"
+            )
+        passes = self.rt.method.catch_up(at, list(zip(rounds, downlinks, strict=True)), kind == MERGED)
+        if missing:
             done = MERGED if kind == MERGED else "replay"
-        if downlinks:  # the round's seed probabilities (Pro) come with the last downlink
-            m.probs = decode_downlink(downlinks[-1], m.pool.k, m.pool.fingerprint, target).probabilities
-        else:
-            m.probs = m.server.probabilities()  # round 1: the initial (uniform) ones, as the server's
-        if at != target or done != "none":
-            self.save(target)
-        return {"sync": done, "sync-passes": passes, "replica-round": target, "replica-digest": self.digest()}
+        if at != target or done != "none" or not self._file(target).is_file():
+            self.save(target)  # (round 0 too: a client's start values are read back from the file)
+        return SyncReport(done, passes, target, self.digest())
 
     def digest(self) -> str:
         return weights_digest(self.rt.module.net)
@@ -158,36 +159,27 @@ class NodeReplica:
     def num_clients(self) -> int:
         return self.rt.dm.num_clients_effective
 
-    def train(self, server_round: int, client_id: int) -> dict:
-        """tau local steps of `client_id` from the synced replica; returns its uplink and stats."""
+    def train(self, request: TrainRequest) -> ClientResult:
+        """`request.steps` local steps of its client from the synced replica: its uplink and counters."""
+        server_round, client_id = request.round, request.client
         if not self.hosts(client_id) or not 0 <= client_id < self.num_clients():
             raise ValueError(
                 f"client {client_id} is not hosted here (partition-id={self.partition_id}, "
                 f"num-partitions={self.num_partitions}, {self.num_clients()} clients)"
             )
-        rt, steps = self.rt, int(self.recipe.fed["local_steps"])
-        rt.dm.set_round_plan(server_round, [(client_id, steps)])
-        client = rt.method.client(server_round, client_id, rt.module.batch_loss, None)
-        loss, trained, skipped = 0.0, 0, 0
+        rt = self.rt
+        rt.dm.set_round_plan(server_round, [(client_id, request.steps)])
+        saved = WeightSnapshot(rt.params, "disk", self._file(self.saved_round())).saved
         rt.module.net.train()  # as under the Trainer
-        for batch in rt.dm.round_batches():
-            out = client.step(batch, int(batch["local_step"]))
-            if out.skipped:
-                skipped += 1
-            else:
-                loss, trained = loss + out.loss, trained + 1
-        rt.module.net.eval()
-        return {
-            "payload": client.finish(),
-            "client": client_id,
-            "num-examples": rt.dm.client_sizes[client_id],
-            "loss-sum": loss,
-            "steps": trained,
-            "skipped": skipped,
-        }
+        try:
+            return train_client(
+                rt.method, server_round, client_id, rt.dm.round_batches(), rt.module.batch_loss, saved,
+                rt.dm.client_sizes[client_id],
+            )  # fmt: skip
+        finally:
+            rt.module.net.eval()
 
-    def eval_loss(self) -> dict:
+    def eval_loss(self) -> float:
         """Mean per-example response loss on the held-out set (as `kit.evaluation.eval_loss`)."""
         shim = SimpleNamespace(datamodule=self.rt.dm, world_size=1, global_rank=0)
-        batch_size = int(self.recipe.fed["eval_batch_size"])
-        return {"eval-loss": evaluation.eval_loss(shim, self.rt.module, batch_size)}
+        return evaluation.eval_loss(shim, self.rt.module, self.recipe.config.eval.eval_batch_size)

@@ -9,7 +9,8 @@ Layout (little-endian):
     header length H                              u32
     header                                       H bytes of UTF-8 JSON (sorted keys): model, theta0_sha256,
                                                  z, num_seeds, federation_seed, lr, weight_decay, method,
-                                                 rounds, global_weights_sha256
+                                                 rounds, global_weights_sha256; local_steps (tau, for
+                                                 the round's weight decay; absent in older files)
     per round: n (u32), n seed indices (u32, strictly ascending, < K), n scalars G_j (f32, finite, != 0)
     sha256 of all the bytes above                32 bytes
 Only the seeds a round touched are stored: a round costs 4 + 8 n bytes.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kit.federation.seedfile_header import HeaderError, parse_header
+from kit.federation.sync import round_decay
 
 MAGIC = b"FKSEEDS\0"
 FORMAT_VERSION = 1
@@ -61,6 +63,18 @@ class SeedFile:
     method: str
     global_weights_sha256: str
     downlinks: list[np.ndarray] = field(repr=False)
+    local_steps: int | None = None  # tau: with lr and weight_decay, the decay of a round's update
+
+    def round_decay(self) -> float:
+        """The fraction of the matrices each round's update removes (`kit.federation.sync.round_decay`)."""
+        if not self.weight_decay:
+            return 0.0
+        if self.local_steps is None:
+            raise SeedFileError(
+                "this seed file has weight decay but records no local_steps (made by an older kit): "
+                "export it again with `fedkseed export --run DIR --out FILE.seeds`"
+            )
+        return round_decay(self.lr, self.weight_decay, self.local_steps)
 
     def header(self) -> dict:
         return {
@@ -74,6 +88,7 @@ class SeedFile:
             "method": self.method,
             "rounds": len(self.downlinks),
             "global_weights_sha256": self.global_weights_sha256,
+            **({"local_steps": int(self.local_steps)} if self.local_steps is not None else {}),
         }
 
 
@@ -134,4 +149,4 @@ def decode(data: bytes, source: str = "seed file") -> SeedFile:
     if pos != len(body):
         raise SeedFileError(f"{source} has {len(body) - pos} bytes after its last round: {fix}")
     fields = {key: header[key] for key in HEADER_KEYS if key != "rounds"}
-    return SeedFile(**fields, downlinks=downlinks)
+    return SeedFile(**fields, downlinks=downlinks, local_steps=header.get("local_steps"))

@@ -178,6 +178,28 @@ class Method(ABC):
     def restore_global(self) -> None:
         """Put the loaded global state into the prepared model's parameters (resume, rebuild)."""
 
+    # -- a node's catch-up (the Flower runtime: kit/deploy) --------------------------------------
+    def downlink(self, server_round: int) -> bytes:
+        """Round `server_round`'s downlink as a node receives it, for a catch-up by replay (the newest
+        also carries the client-side state of the next round, e.g. FedKSeed-Pro's probabilities).
+
+        Only methods that replay (`replay_cost` is not None) keep their downlinks."""
+        raise ValueError(f"{self.name} keeps no downlinks: its nodes download the global state")
+
+    def replay_cost(self, first: int, last: int) -> tuple[list[int], int | None] | None:
+        """Passes over the weights to replay rounds first..last: per round, and merged into one (None:
+        not mergeable). None: the method's nodes catch up by downloading the global state instead."""
+        return None
+
+    def catch_up(self, at: int, downlinks: Sequence[tuple[int, bytes]], merged: bool = False) -> int:
+        """A node's sync: the global parameters hold round `at`; apply the downlinks ((round, bytes),
+        consecutive) of the rounds after it, and take the client-side state the newest one carries
+        (none: round 1's). Bit-identical to the server (`merged`: one pass per seed, equal up to
+        rounding). Returns the passes made over the weights."""
+        if any(r > at for r, _ in downlinks):
+            raise ValueError(f"{self.name} catches up by downloading the global state, not by downlinks")
+        return 0
+
     def z_definition(self) -> ZDefinition | None:
         """The definition of the z the method draws (None: it draws none)."""
         return None

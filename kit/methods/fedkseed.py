@@ -15,6 +15,7 @@ import torch
 
 from kit.federation.bounds import check_scalars, scalar_uplink_bound
 from kit.federation.messages import (
+    Downlink,
     Uplink,
     decode_downlink,
     decode_uplink,
@@ -25,7 +26,7 @@ from kit.federation.messages import (
 from kit.federation.screening import Accepted
 from kit.federation.seeds import SeedPool
 from kit.federation.server import Server, sample_seed_indices
-from kit.federation.sync import apply_scalars, round_decay
+from kit.federation.sync import apply_scalars, merged_replay, replay, round_decay
 from kit.methods.base import ClientUpdate, FedSettings, LossFn, Method, StepOutcome
 from kit.methods.zo_common import make_perturber
 from kit.zo.estimator import zo_step
@@ -114,6 +115,33 @@ class FedKSeed(Method):
         """theta_g = theta_0 replayed through every round's G (bit-identical to the trained weights)."""
         for g in self.downlinks:
             apply_scalars(self.perturber, self.pool, g, self.hp["lr"], self.decay)
+
+    # -- a node's catch-up: replay of the missed rounds' G ------------------------------------------
+    def downlink(self, server_round: int) -> bytes:
+        probs = self.probs if server_round == len(self.downlinks) else None  # the next round's p (Pro)
+        g = self.downlinks[server_round - 1]
+        return encode_downlink(Downlink(server_round, g, probs), self.pool.fingerprint)
+
+    def replay_cost(self, first: int, last: int) -> tuple[list[int], int | None]:
+        missed = self.downlinks[first - 1 : last]
+        per_round = [int(np.count_nonzero(g)) for g in missed]
+        union = int(np.count_nonzero(np.any(np.stack(missed), axis=0))) if missed else 0
+        return per_round, None if self.decay else union  # the merged replay cannot fold weight decay
+
+    def catch_up(self, at: int, downlinks: Sequence[tuple[int, bytes]], merged: bool = False) -> int:
+        k, fp = self.pool.k, self.pool.fingerprint
+        decoded = [decode_downlink(wire, k, fp, expected_round=r) for r, wire in downlinks]
+        missing = [d for d in decoded if d.round > at]
+        passes = 0
+        if missing:
+            lr = self.hp["lr"]
+            if merged:
+                passes = merged_replay(self.perturber, self.pool, missing, lr, self.decay)
+            else:
+                passes = replay(self.perturber, self.pool, missing, lr, self.decay)
+        # the next round's seed probabilities (Pro) come with the newest downlink; round 1: the initial
+        self.probs = decoded[-1].probabilities if decoded else self.server.probabilities()
+        return passes
 
     def summary(self) -> dict:
         return {
