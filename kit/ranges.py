@@ -36,6 +36,8 @@ def check_fed_ranges(args: Mapping[str, Any]) -> None:
     for name in ("dropout", "straggler_prob"):
         require(0 <= a[name] <= 1, f"--fed.{name}", a[name], "in [0, 1]")
     require(a["straggler_delay_s"] >= 0, "--fed.straggler_delay_s", a["straggler_delay_s"], ">= 0")
+    deadline = a["deadline_s"]
+    require(deadline is None or deadline >= 0, "--fed.deadline_s", deadline, ">= 0 or null (none)")
     for name in ("bias_loss_clip", "pro_temperature", "loss_range", "tensor_norm_ratio"):
         require(a[name] > 0, f"--fed.{name}", a[name], "> 0")
     factor = a["divergence_factor"]

@@ -75,6 +75,8 @@ def test_robust_rules_warn_when_they_are_the_mean():
     assert "median with 2 client(s) per round is the mean" in robust_rule_warning("median", 0.1, 2)
     assert robust_rule_warning("median", 0.1, 3) is None
     assert "trims nothing from 5" in robust_rule_warning("trimmed_mean", 0.1, 5)
+    assert "to >= 0.2" in robust_rule_warning("trimmed_mean", 0.1, 5)
+    assert "sample >= 3 clients" in robust_rule_warning("trimmed_mean", 0.4, 2)
     assert robust_rule_warning("trimmed_mean", 0.2, 5) is None
     assert robust_rule_warning("mean", 0.0, 1) is None
 

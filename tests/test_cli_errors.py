@@ -89,6 +89,8 @@ CASES = {
     ),
     "materialize_missing": (lambda e: ["materialize", "nope.seeds", "--out", "m"], "nope.seeds"),
     "materialize_no_out": (lambda e: ["materialize", str(e["seeds"])], "--out"),
+    "compare_missing_grid": (lambda e: ["compare", "-c", "nope.yaml", "--out", "x"], "nope.yaml not found"),
+    "compare_unknown_flag": (lambda e: ["compare", "-c", "g.yaml", "--out", "x", "--bogus"], "--bogus"),
 }
 
 

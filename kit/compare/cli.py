@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cells = load_grid(args.config)
     except GridError as err:
-        print(f"fedkseed compare: {err}", file=sys.stderr)
+        print(f"fedkseed compare: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
     title = f"{Path(args.config).stem}: {len(cells)} runs"

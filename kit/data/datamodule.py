@@ -29,6 +29,7 @@ from kit.data.dolly import dolly_example, heldout_sample, load_dolly, split_doll
 from kit.data.examples import Example
 from kit.data.natural_instructions import load_ni
 from kit.data.tokenize import IGNORE_INDEX, collate, encode_each
+from kit.errors import UsageError
 from kit.models import load_tokenizer
 from kit.paths import data_root
 
@@ -88,7 +89,7 @@ class FederatedDataModule(pl.LightningDataModule):
         }
         for message, ok in checks.items():
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message)
         self.dataset = dataset
         self.data_root = data_root
         self.tokenizer_name = tokenizer
@@ -131,7 +132,7 @@ class FederatedDataModule(pl.LightningDataModule):
             "empty_clients": len(clients) - len(self._clients),
         }
         if not self._clients or not self._eval:
-            raise ValueError(f"no usable example left (dropped {self._dropped}); raise --data.max_length")
+            raise UsageError(f"no usable example left (dropped {self._dropped}); raise --data.max_length")
         sizes = sorted(self.client_sizes)
         print(
             f"[kit] data: {self.dataset}, {len(sizes)} clients, {sum(sizes)} train examples "

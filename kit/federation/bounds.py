@@ -103,9 +103,13 @@ def robust_rule_warning(aggregation: str, trim_fraction: float, clients_per_roun
             "influence; sample >= 3 clients per round (--fed.fraction) or rely on the uplink bound"
         )
     if aggregation == "trimmed_mean" and int(trim_fraction * n) == 0:
+        fix = (
+            f"raise --fed.trim_fraction to >= {1 / n:.3g} or sample more clients"
+            if n >= 3
+            else "sample >= 3 clients per round (--fed.fraction)"
+        )
         return (
             f"--fed.aggregation trimmed_mean with --fed.trim_fraction {trim_fraction} trims nothing from "
-            f"{n} client(s) per round: it is the mean; raise --fed.trim_fraction to >= {1 / n:.3g} "
-            "(below 0.5) or sample more clients"
+            f"{n} client(s) per round: it is the unweighted mean; {fix}"
         )
     return None
