@@ -3,7 +3,8 @@
 Per round (`server_round` counts from 1):
   1) configure_train: sample the round's clients (seeded by round), decide which drop out or miss the
      deadline (`kit.federation.faults`), give this process its share of the others;
-  2) each client: restore the global parameters, tau local steps of the method's client update,
+  2) each client: restore the global parameters, its local budget of the method's client update
+     (`kit.federation.budget`: tau steps for ZO methods, whole passes over its data for first-order),
      then its encoded uplink (`kit.methods`: K scalars for FedKSeed, tensors for the baselines);
   3) aggregate_train: every process gets every uplink's bytes, the method screens them (rejections
      counted, never aggregated) and aggregates the accepted ones in client-id order into the downlink;
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
+from kit.federation.budget import LocalBudget, local_budget, process_plan
 from kit.federation.faults import FaultModel
 from kit.federation.server import sample_clients
 from kit.identity import check_rebuilt, check_theta0, theta0_identity, weights_digest
@@ -44,7 +46,11 @@ class FederatedLoop(pl.Callback):
     Args:
         num_seeds: K, the size of FedKSeed's candidate seed pool (paper 4096).
         fraction: m, the fraction of clients sampled each round (paper 0.05).
-        local_steps: tau, local steps of each client per round (paper 200).
+        local_steps: tau, local steps of each client per round (paper 200); the budget of the ZO methods,
+            and of first-order methods when `local_epochs` is null.
+        local_epochs: first-order methods (fedit, fedit-sgd, fedptuning, fedprompt, fedavg): passes over
+            the client's data per round, ceil(examples / batch size) steps each (paper and FedHDS: 1);
+            null: they take `local_steps` like the ZO methods. ZO methods always take `local_steps`.
         bias_loss_clip: FedKSeed-Pro clips history magnitudes to this before averaging (reference 1000).
         pro_temperature: FedKSeed-Pro's scale on the normalised scores inside the softmax (reference 1).
         equal_weights: aggregate clients with equal weights instead of by sample count.
@@ -75,6 +81,7 @@ class FederatedLoop(pl.Callback):
         num_seeds: int = 4096,
         fraction: float = 0.05,
         local_steps: int = 200,
+        local_epochs: int | None = None,
         bias_loss_clip: float = 1000.0,
         pro_temperature: float = 1.0,
         equal_weights: bool = False,
@@ -99,6 +106,10 @@ class FederatedLoop(pl.Callback):
             raise ValueError(f"--fed.fraction must be in (0, 1], got {fraction}")
         if local_steps < 1 or num_seeds < 1:
             raise ValueError("--fed.local_steps and --fed.num_seeds must be >= 1")
+        if local_epochs is not None and local_epochs < 1:
+            raise ValueError(
+                f"--fed.local_epochs must be >= 1 or null (use --fed.local_steps), got {local_epochs}"
+            )
         if eval_every < 0 or rouge_every < 0:
             raise ValueError("--fed.eval_every and --fed.rouge_every must be >= 0")
         if rouge_suites is not None and not set(rouge_suites) <= {"ni", "dolly"}:
@@ -116,6 +127,8 @@ class FederatedLoop(pl.Callback):
         )
         self.faults = FaultModel(dropout, straggler_prob, straggler_delay_s, deadline_s)
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
+        self.local_epochs = local_epochs
+        self.budget: LocalBudget | None = None  # set in setup, from the method
         self.eval_every, self.eval_batch_size, self.snapshot_where = eval_every, eval_batch_size, snapshot
         self.rouge_every, self.rouge_at_end = rouge_every, rouge_at_end
         self.rouge_suites, self.rouge_limit = rouge_suites, rouge_limit
@@ -137,6 +150,7 @@ class FederatedLoop(pl.Callback):
         trainer.datamodule.setup("fit")
         if self.method is None:
             self.method = build_method(pl_module.hparams.method, pl_module.hparams, self.settings)
+        self.budget = local_budget(self.method.name, self.local_steps, self.local_epochs)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
         self.reporter.t0 = time.perf_counter()
@@ -199,15 +213,23 @@ class FederatedLoop(pl.Callback):
         faults = self.faults.round(self.seed, rnd, clients)
         # clients that drop out or miss the deadline do not train: their uplink would be discarded
         mine = faults.arrived[trainer.global_rank :: trainer.world_size]
-        # Lightning syncs the processes at every step, so all of them must run as many steps
-        padding = -(-len(faults.arrived) // trainer.world_size) - len(mine)
-        plan = [(c, self.local_steps) for c in mine] + [(IDLE, self.local_steps)] * padding
-        dm.set_round_plan(rnd, plan or [(IDLE, 1)])  # an epoch needs a step, even with every client missing
+        # Lightning syncs the processes at every step: the plan pads this process to the busiest one's steps
+        plan = process_plan(
+            faults.arrived,
+            dm.client_sizes,
+            dm.batch_size,
+            self.budget,
+            trainer.global_rank,
+            trainer.world_size,
+            IDLE,
+        )
+        dm.set_round_plan(rnd, plan, whole_passes=self.budget.whole_passes)
         self._round = {
             "round": rnd,
             "clients": clients,
             "faults": faults,
             "mine": mine,
+            "steps": sum(steps for c, steps in plan if c != IDLE),
             "rows": {},
             "client": None,
         }
@@ -215,7 +237,7 @@ class FederatedLoop(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._round["t0"] = time.perf_counter()
         if trainer.is_global_zero and self.progress:
-            total = len(self._round["mine"]) * self.local_steps
+            total = self._round["steps"]
             self._steps_bar = tqdm(
                 total=total,
                 desc=f"round {self._round['round']} local steps",
@@ -278,6 +300,7 @@ class FederatedLoop(pl.Callback):
             "fed/uplink_bytes_mean": float(stats[:, 3].mean()) if sent else 0.0,
             "fed/uplink_bytes_max": float(stats[:, 3].max()) if sent else 0.0,
             "fed/downlink_bytes": float(len(downlink)),
+            "fed/local_steps": float(stats[:, 1].sum() + stats[:, 2].sum()),  # every client's, skipped too
             **method_metrics,
             "zo/skipped_steps": float(stats[:, 2].sum()),
             "time/round_s": time.perf_counter() - self._round["t0"],
@@ -327,9 +350,11 @@ class FederatedLoop(pl.Callback):
             "clients_per_round": max(1, int(dm.num_clients_effective * self.fraction)),
             "num_clients": dm.num_clients_effective,
             "local_steps": self.local_steps,
+            "local_budget": self.budget.to_dict(),
             "seed": self.seed,
             **self.method.summary(),
             "dropped_examples": dm.dropped,
+            "overlong_examples": dm.overlong_counts,
             "faults": {
                 **asdict(self.faults),
                 "aggregation": self.settings.aggregation,
