@@ -2,7 +2,8 @@
 
 The round itself is the round core's (`kit.rounds`, shared with Flower's strategy); this callback
 is Lightning's glue. Per round (`server_round` counts from 1):
-  1) configure_train: the round's plan (`ServerRun.plan`: sampling, faults, each client's steps),
+  1) configure_train: the round's plan (`ServerRun.plan`: sampling, faults, each client's steps from its local
+     budget, `kit.federation.budget`: tau steps for ZO methods, whole passes for first-order ones),
      this process's share of it to the datamodule (idle steps keep processes in step);
   2) each client: restore the global parameters (`WeightSnapshot`), the method's client update steps
      the batches Lightning feeds, then its encoded uplink (`ClientTally`);
@@ -29,6 +30,7 @@ from kit import evaluation
 from kit.data.datamodule import IDLE_CLIENT as IDLE
 from kit.divergence import DivergenceWatch, divergence_line
 from kit.federation.bounds import robust_rule_warning
+from kit.federation.budget import LocalBudget, client_steps, local_budget, process_plan
 from kit.methods import Method, build_method
 from kit.metrics_csv import RoundCSVLogger
 from kit.ranges import check_fed_ranges
@@ -48,7 +50,11 @@ class FederatedLoop(pl.Callback):
     Args:
         num_seeds: K, the size of FedKSeed's candidate seed pool (paper 4096).
         fraction: m, the fraction of clients sampled each round (paper 0.05).
-        local_steps: tau, local steps of each client per round (paper 200).
+        local_steps: tau, local steps of each client per round (paper 200); the budget of the ZO methods,
+            and of first-order methods when `local_epochs` is null.
+        local_epochs: first-order methods (fedit, fedit-sgd, fedptuning, fedprompt, fedavg): passes over
+            the client's data per round, ceil(examples / batch size) steps each (paper and FedHDS: 1);
+            null: they take `local_steps` like the ZO methods. ZO methods always take `local_steps`.
         bias_loss_clip: FedKSeed-Pro clips history magnitudes to this before averaging (reference 1000).
         pro_temperature: FedKSeed-Pro's scale on the normalised scores inside the softmax (reference 1).
         equal_weights: aggregate clients with equal weights instead of by sample count.
@@ -87,6 +93,7 @@ class FederatedLoop(pl.Callback):
         num_seeds: int = 4096,
         fraction: float = 0.05,
         local_steps: int = 200,
+        local_epochs: int | None = None,
         bias_loss_clip: float = 1000.0,
         pro_temperature: float = 1.0,
         equal_weights: bool = False,
@@ -123,6 +130,8 @@ class FederatedLoop(pl.Callback):
         self.config_changes: list[dict] = []  # deliberate changes on resume (--resume_changes)
         self.k, self.fraction, self.local_steps, self.seed = num_seeds, fraction, local_steps, seed
         self.snapshot_where, self.progress = snapshot, progress
+        self.local_epochs = config.local_epochs
+        self.budget: LocalBudget | None = None  # set in setup, from the method
         self.run_dir: Path | None = None  # the Trainer's default_root_dir (the CLI's --run_dir)
         self.method: Method | None = None
         self.run: ServerRun | None = None  # the round core's run state (kit/rounds/run.py)
@@ -135,6 +144,7 @@ class FederatedLoop(pl.Callback):
         trainer.datamodule.setup("fit")
         if self.method is None:
             self.method = build_method(pl_module.hparams.method, pl_module.hparams, self.settings)
+        self.budget = local_budget(self.method.name, self.local_steps, self.local_epochs)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
         """The run state: θ₀, the method's model, on resume the checkpoint's global state (checked)."""
@@ -174,15 +184,15 @@ class FederatedLoop(pl.Callback):
 
         Done before the round starts: Lightning fetches the first batch before `on_train_epoch_start`.
         """
-        dm, world = trainer.datamodule, trainer.world_size
-        plan = self.run.plan(rnd, dm.num_clients_effective)
-        mine = list(plan.steps[trainer.global_rank :: world])
-        # Lightning syncs the processes at every step, so all of them must run as many steps
-        most = max(sum(n for _, n in plan.steps[r::world]) for r in range(world))
-        idle = most - sum(n for _, n in mine)
-        # an epoch needs a step, even with every client missing
-        dm.set_round_plan(rnd, mine + ([(IDLE, idle)] if idle else []) or [(IDLE, 1)])
-        self._round = {"plan": plan, "mine": [c for c, _ in mine], "rows": {}, "client": None}
+        dm = trainer.datamodule
+        sizes, batch = dm.client_sizes, dm.batch_size
+        plan = self.run.plan(
+            rnd, dm.num_clients_effective, lambda c: client_steps(sizes[c], batch, self.budget)
+        )
+        # Lightning syncs the processes at every step: pad this process to the busiest one's steps
+        mine = process_plan(plan.steps, trainer.global_rank, trainer.world_size, IDLE)
+        dm.set_round_plan(rnd, mine, whole_passes=self.budget.whole_passes)
+        self._round = {"plan": plan, "mine": [c for c, _ in mine if c != IDLE], "rows": {}, "client": None}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._round["t0"] = time.perf_counter()
@@ -278,11 +288,8 @@ class FederatedLoop(pl.Callback):
         dm = trainer.datamodule
         facts = self.run.facts(dm.num_clients_effective, dm.dropped, "lightning")
         facts["world_size"] = trainer.world_size
-        facts["screening"] = {
-            "screen_bound": self.settings.screen_bound,
-            "loss_range": self.settings.loss_range,
-            "tensor_norm_ratio": self.settings.tensor_norm_ratio,
-        }
+        facts["local_budget"] = self.budget.to_dict()
+        facts["overlong_examples"] = dm.overlong_counts
         facts["divergence"] = self.watch.events
         facts["stopped_on_divergence"] = self.watch.events[-1]["round"] if self.halted else None
         facts["config_changes"] = self.config_changes

@@ -66,6 +66,21 @@ def test_grid_cells_compose_scenario_method_seed_and_args(tmp_path):
     assert "--model.lr" not in cells[0].argv  # method_args only reach their method
 
 
+def test_grid_variants_sweep_each_scenario_with_their_arguments_last(tmp_path):
+    path = _grid(
+        tmp_path,
+        methods=["fedit-sgd"],
+        seeds=[0],
+        method_args={"fedit-sgd": ["--model.lr", "3e-4"]},
+        variants={"lr1e-2": ["--model.lr", "1e-2"], "lr1e-1": ["--model.lr", "0.1"]},
+    )
+    cells = load_grid(path)  # in the file's order (the helper's safe_dump sorts the keys)
+    assert [c.name for c in cells] == ["s@lr1e-1/fedit-sgd/seed0", "s@lr1e-2/fedit-sgd/seed0"]
+    # the variant's value comes after the method's own: the last value of a flag wins in `fedkseed fit`
+    assert list(cells[1].argv[-4:]) == ["--model.lr", "3e-4", "--model.lr", "1e-2"]
+    assert list(cells[0].argv[-2:]) == ["--model.lr", "0.1"]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -74,6 +89,8 @@ def test_grid_cells_compose_scenario_method_seed_and_args(tmp_path):
         ({"methods": ["fedkseed"], "seeds": [1, 1]}, "must not repeat"),
         ({"methods": ["fedkseed"], "seeds": [1], "rounds": 3}, "unknown keys ['rounds']"),
         ({"methods": ["fedkseed"], "seeds": [1], "method_args": {"fedit": []}}, "'method_args' must map"),
+        ({"methods": ["fedkseed"], "seeds": [1], "variants": ["lr1"]}, "'variants' must map"),
+        ({"methods": ["fedkseed"], "seeds": [1], "variants": {"lr1": "1e-3"}}, "variants.lr1 must be a list"),
     ],
 )
 def test_malformed_grid_is_refused_with_the_key_named(tmp_path, spec, message):

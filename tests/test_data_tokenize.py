@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kit.data.examples import Example
-from kit.data.tokenize import IGNORE_INDEX, collate, encode_all, encode_example
+from kit.data.tokenize import IGNORE_INDEX, collate, encode_all, encode_each, encode_example
 from kit.models import load_tokenizer
 
 EX = Example(prompt="### Instruction:\nName a colour.\n\n### Response:", response=" Blue.", task="t")
@@ -58,6 +58,18 @@ def test_overlong_prompt_dropped_and_counted(tokenizer):
     long_prompt = Example(EX.prompt * 20, EX.response, "t")
     encoded, dropped = encode_all(tokenizer, [EX, long_prompt, EX], max_length=n_prompt + 8)
     assert dropped == 1 and len(encoded) == 2
+
+
+def test_overlong_prompt_kept_with_every_label_ignored_as_the_reference(tokenizer):
+    n_prompt = len(ids(tokenizer, EX.prompt))
+    kept = encode_each(tokenizer, [EX], max_length=n_prompt, keep_overlong=True)[0]
+    # the reference truncates prompt + response to max_length and masks len(prompt) positions: all of them
+    full = ids(tokenizer, EX.prompt + EX.response)
+    assert kept["input_ids"].tolist() == full[:n_prompt]
+    assert (kept["labels"] == IGNORE_INDEX).all()
+    # an example that fits is encoded the same whatever the policy
+    fits = encode_each(tokenizer, [EX], max_length=n_prompt + 8, keep_overlong=True)[0]
+    assert fits["labels"].tolist() == encode_example(tokenizer, EX, n_prompt + 8)["labels"].tolist()
 
 
 class BosTokenizer:

@@ -139,3 +139,20 @@ def test_help_documents_every_argument():
         "--data.min_client_size": "Fewest examples",
     }.items():
         assert flag in text and words in text
+
+
+def test_overlong_keep_trains_on_the_examples_drop_removes(data_root):
+    kwargs = {"dataset": "ni", "data_root": str(data_root), "max_length": 128, "seed": 3}
+    drop, keep = FederatedDataModule(**kwargs), FederatedDataModule(**kwargs, overlong="keep")
+    drop.setup(), keep.setup()
+    overlong = keep.overlong_counts["train_examples"]
+    assert overlong > 0 and drop.overlong_counts["train_examples"] == overlong
+    assert drop.dropped["train_prompt_too_long"] == overlong and keep.dropped["train_prompt_too_long"] == 0
+    assert sum(keep.client_sizes) == sum(drop.client_sizes) + overlong == keep.overlong_counts["train_total"]
+    # the kept ones are the examples with no label to train on
+    masked = 0
+    for client, size in enumerate(keep.client_sizes):
+        batches = round_batches(keep, 0, [(client, size)])  # batch_size 1: the first pass
+        masked += sum(bool((b["labels"] == -100).all()) for b in batches)
+    assert masked == overlong
+    assert keep.eval_examples == drop.eval_examples  # eval drops what does not fit, whatever the policy

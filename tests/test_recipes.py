@@ -96,3 +96,41 @@ def test_unknown_recipe_key_is_rejected(tmp_path: Path):
 def test_bad_value_names_the_flag():
     with pytest.raises(ValueError, match="--fed.fraction"):
         FederatedLoop(fraction=1.5)
+
+
+SOURCED = sorted((REPO / "recipes" / "methods").glob("*.yaml")) + sorted(
+    (REPO / "recipes").glob("paper-*.yaml")
+)
+
+
+@pytest.mark.parametrize("recipe", SOURCED, ids=lambda p: p.name)
+def test_every_hyperparameter_carries_its_source(recipe: Path):
+    """Each `key: value` line of a method or paper recipe ends with a comment giving its source."""
+    unsourced = [
+        line
+        for line in recipe.read_text().splitlines()
+        if line.strip()
+        and not line.lstrip().startswith("#")
+        and line.rstrip()[-1] != ":"  # not a section
+        and not line.startswith("method:")  # the method's name, not a hyperparameter
+        and "  # " not in line
+    ]
+    assert not unsourced, f"{recipe.name}: no source comment on {unsourced}"
+
+
+@pytest.mark.parametrize("method", METHOD_RECIPES)
+def test_paper_recipes_give_each_method_the_papers_budget(method: str, tmp_path: Path):
+    from kit.federation.budget import LocalBudget, local_budget
+
+    base = str(REPO / "recipes" / "paper-dolly-alpha0.5-datajuicer-1.3b.yaml")
+    name = method.removesuffix(".yaml")
+    only_name = tmp_path / "method.yaml"  # the method without its recipe: the paper recipe's budget alone
+    only_name.write_text(f"method: {name}\n")
+    for extra in (REPO / "recipes" / "methods" / method, only_name):
+        cli = _parse([base, str(extra)], tmp_path)
+        loop = next(cb for cb in cli.trainer.callbacks if isinstance(cb, FederatedLoop))
+        zo = name in ("fedkseed", "fedkseed-pro", "fedzo")
+        assert local_budget(name, loop.local_steps, loop.local_epochs) == (
+            LocalBudget("steps", 200) if zo else LocalBudget("epochs", 1)
+        )
+        assert cli.config["data"]["overlong"] == "keep"  # the reference's treatment of overlong prompts

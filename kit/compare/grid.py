@@ -6,11 +6,14 @@
     seeds: [0, 1, 2]                                  # each sets every key of `seed_keys`
     args: [--trainer.max_epochs, "1"]                 # `fedkseed fit` arguments for every cell
     method_args: {fedit: [--model.lr, "1e-4"]}        # ... for one method's cells
+    variants: {lr3e-3: [--model.lr, "3e-3"]}          # optional: each scenario once per variant
 
 A cell's run is `fedkseed fit -c <scenario recipes> -c <method recipe> --method M <seed args> <args>
-<method_args> --run_dir OUT/<scenario>/<method>/seed<S>`. By default a seed changes the federation seed
-(client sampling, seed choices, dropout) and Lightning's global seed; the data split and the eval set stay
-those of the scenario, so the spread over seeds is training randomness on one fixed benchmark.
+<method_args> <variant args> --run_dir OUT/<scenario>/<method>/seed<S>`. With `variants` (a sweep, e.g. of
+the lr) every scenario runs once per variant, named `<scenario>@<variant>`, the variant's arguments last so
+they win. By default a seed changes the federation seed (client sampling, seed choices, dropout) and
+Lightning's global seed; the data split and the eval set stay those of the scenario, so the spread over
+seeds is training randomness on one fixed benchmark.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ import yaml
 
 from kit.methods import METHODS
 
-GRID_KEYS = {"scenarios", "methods", "seeds", "args", "method_args", "seed_keys", "method_recipes"}
+GRID_KEYS = {
+    "scenarios",
+    "methods",
+    "seeds",
+    "args",
+    "method_args",
+    "seed_keys",
+    "method_recipes",
+    "variants",
+}
 SEED_KEYS = ("seed_everything", "fed.seed")
 
 
@@ -96,16 +108,25 @@ def load_grid(path: str | Path) -> list[Cell]:
     if not isinstance(method_args, dict) or set(method_args) - set(methods):
         raise GridError(f"{path}: 'method_args' must map methods of the grid to argument lists")
     method_dir = spec.get("method_recipes", "../methods")
+    variants = spec.get("variants", {"": []})
+    if not isinstance(variants, dict) or not variants or not all(isinstance(k, str) for k in variants):
+        raise GridError(
+            f"{path}: 'variants' must map names to argument lists, e.g. {{lr1e-3: [--model.lr, '1e-3']}}"
+        )
     cells = []
     for scenario, recipes in scenarios.items():
         recipes = [
             _recipe(base, r, f"scenario {scenario}") for r in _str_list(recipes, f"scenario {scenario}")
         ]
-        for method in methods:
-            method_recipe = _recipe(base, f"{method_dir}/{method}.yaml", f"method {method}")
-            extra = _str_list(method_args.get(method, []), f"{path}: method_args.{method}")
-            for seed in seeds:
-                argv = [a for r in recipes for a in ("-c", r)] + ["-c", method_recipe, "--method", method]
-                argv += [a for key in seed_keys for a in (f"--{key}", str(seed))]
-                cells.append(Cell(str(scenario), method, seed, tuple(argv + args + extra)))
+        for variant, variant_args in variants.items():
+            name = f"{scenario}@{variant}" if variant else str(scenario)
+            variant_args = _str_list(variant_args, f"{path}: variants.{variant}")
+            for method in methods:
+                method_recipe = _recipe(base, f"{method_dir}/{method}.yaml", f"method {method}")
+                extra = _str_list(method_args.get(method, []), f"{path}: method_args.{method}")
+                for seed in seeds:
+                    argv = [a for r in recipes for a in ("-c", r)]
+                    argv += ["-c", method_recipe, "--method", method]
+                    argv += [a for key in seed_keys for a in (f"--{key}", str(seed))]
+                    cells.append(Cell(name, method, seed, tuple(argv + args + extra + variant_args)))
     return cells

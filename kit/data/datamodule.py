@@ -8,7 +8,9 @@ plan when iteration starts, which Lightning does (and fetches a first batch) bef
 set the plan in `on_fit_start` and at the end of the previous round. Every batch is a pure function of
 (seed, round, client, step), so results do not depend on the number of processes and a resumed run sees
 the same data; there is no loader state to checkpoint. A plan entry for client `IDLE_CLIENT` yields
-placeholder batches: padding steps that keep every process at the same number of steps.
+placeholder batches: padding steps that keep every process at the same number of steps. A plan of whole
+passes (`fed.local_epochs`, `kit.federation.budget`) serves each pass of a client's examples as
+ceil(n / batch size) batches, the last one short, as a `DataLoader(shuffle=True)` does in the reference.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ IDLE_CLIENT = -1
 class FederatedDataModule(pl.LightningDataModule):
     """Dolly-15K or Natural Instructions split over federated clients.
 
-    Examples whose prompt alone fills `max_length` tokens are dropped and counted (`dropped`); a
-    client left with no example is dropped too, so client ids run over `num_clients_effective`.
+    Training examples whose prompt alone fills `max_length` tokens are dropped (`overlong: drop`) or kept
+    with every label ignored (`overlong: keep`: their loss is NaN, so the step that draws one is spent and
+    skipped, as in the reference); both counted (`dropped`, `overlong_counts`). A client left with no
+    example is dropped, so client ids run over `num_clients_effective`. Eval examples that do not fit
+    are always dropped (their eval loss would be NaN) and counted.
 
     Args:
         dataset: "dolly" (Dolly-15K, one category held out for eval) or "ni" (Natural Instructions,
@@ -59,6 +64,9 @@ class FederatedDataModule(pl.LightningDataModule):
         eval_size: Held-out examples used for eval, a seeded sample; null = all of them.
         seed: Seed of the client split, the eval sample and every client's batch order.
         min_client_size: Fewest examples a Dolly client may get from the Dirichlet split.
+        overlong: training examples whose prompt fills `max_length`: "drop" them, or "keep" them as the
+            reference does (zhenqincn/FedKSeed and FedHDS `utils_data/llm_dataset.py` mask the truncated
+            prompt; every label is ignored, the loss is NaN and the step is skipped).
     """
 
     def __init__(
@@ -74,6 +82,7 @@ class FederatedDataModule(pl.LightningDataModule):
         eval_size: int | None = 200,
         seed: int = 42,
         min_client_size: int = 10,
+        overlong: Literal["drop", "keep"] = "drop",
     ) -> None:
         super().__init__()
         checks = {
@@ -86,6 +95,7 @@ class FederatedDataModule(pl.LightningDataModule):
             "--data.eval_size must be >= 1 or null (all)": eval_size is None or eval_size >= 1,
             "--data.seed must be >= 0": seed >= 0,
             "--data.min_client_size must be >= 1": min_client_size >= 1,
+            "--data.overlong must be 'drop' or 'keep'": overlong in ("drop", "keep"),
         }
         for message, ok in checks.items():
             if not ok:
@@ -101,11 +111,13 @@ class FederatedDataModule(pl.LightningDataModule):
         self.eval_size = eval_size
         self.seed = seed
         self.min_client_size = min_client_size
+        self.overlong = overlong
         self._clients: list[list[dict]] | None = None
         self._eval: list[tuple[Example, dict]] = []
         self._dropped: dict[str, int] = {}
         self._pad_id = 0
-        self._plan: tuple[int, list[tuple[int, int]]] | None = None
+        self._plan: tuple[int, list[tuple[int, int]], bool] | None = None
+        self._overlong: dict[str, int] = {}
 
     def setup(self, stage: str | None = None) -> None:
         """Load, split and tokenise once (later calls return at once); print one summary line."""
@@ -118,7 +130,9 @@ class FederatedDataModule(pl.LightningDataModule):
 
         # 1) encode every client's examples in one batched call, then regroup by client
         flat = list(itertools.chain.from_iterable(client_examples))
-        encoded = iter(encode_each(tokenizer, flat, self.max_length))
+        encoded = encode_each(tokenizer, flat, self.max_length, keep_overlong=self.overlong == "keep")
+        overlong_train = sum(e is None or bool((e["labels"] == IGNORE_INDEX).all()) for e in encoded)
+        encoded = iter(encoded)
         clients = [[e for e in itertools.islice(encoded, len(c)) if e is not None] for c in client_examples]
         self._clients = [c for c in clients if c]
         # 2) eval: keep the candidates that fit, then a seeded sample of them in their order
@@ -131,13 +145,21 @@ class FederatedDataModule(pl.LightningDataModule):
             "eval_prompt_too_long": len(eval_candidates) - len(fitting),
             "empty_clients": len(clients) - len(self._clients),
         }
+        self._overlong = {
+            "policy": self.overlong,
+            "train_examples": overlong_train,
+            "train_total": len(flat),
+            "eval_examples": len(eval_candidates) - len(fitting),
+            "eval_total": len(eval_candidates),
+        }
         if not self._clients or not self._eval:
             raise UsageError(f"no usable example left (dropped {self._dropped}); raise --data.max_length")
         sizes = sorted(self.client_sizes)
         print(
             f"[kit] data: {self.dataset}, {len(sizes)} clients, {sum(sizes)} train examples "
             f"(per client min {sizes[0]}, median {sizes[len(sizes) // 2]}, max {sizes[-1]}), "
-            f"{len(self._eval)} eval examples; dropped {self._dropped} (prompt >= {self.max_length} tokens); "
+            f"{len(self._eval)} eval examples; dropped {self._dropped} (prompt >= {self.max_length} tokens; "
+            f"overlong train examples: {overlong_train}, {self.overlong}); "
             f"setup {time.perf_counter() - start:.1f}s",
             flush=True,
         )
@@ -176,6 +198,12 @@ class FederatedDataModule(pl.LightningDataModule):
         return dict(self._dropped)
 
     @property
+    def overlong_counts(self) -> dict:
+        """How many train / eval examples have a prompt that fills `max_length`, and the policy applied."""
+        self._require_setup()
+        return dict(self._overlong)
+
+    @property
     def eval_examples(self) -> list[Example]:
         """The eval examples (held-out Dolly sample or NI test examples), aligned with `eval_dataloader`."""
         self._require_setup()
@@ -191,8 +219,13 @@ class FederatedDataModule(pl.LightningDataModule):
             collate_fn=partial(collate, pad_id=self._pad_id),
         )
 
-    def set_round_plan(self, round_idx: int, plan: list[tuple[int, int]]) -> None:
-        """The (client_id, num_steps) pairs this process trains in round `round_idx`, in order."""
+    def set_round_plan(self, round_idx: int, plan: list[tuple[int, int]], whole_passes: bool = False) -> None:
+        """The (client_id, num_steps) pairs this process trains in round `round_idx`, in order.
+
+        `whole_passes`: batches follow pass boundaries (each pass a fresh seeded permutation cut into
+        ceil(n / batch size) batches, the last one short), so ceil(n / batch size) steps are exactly one
+        pass over the client's examples; otherwise batches of `batch_size` run on across passes.
+        """
         num_clients = self.num_clients_effective
         if round_idx < 0:
             raise ValueError(f"round_idx must be >= 0, got {round_idx}")
@@ -202,7 +235,7 @@ class FederatedDataModule(pl.LightningDataModule):
                     f"bad plan entry ({client_id}, {num_steps}): ids 0..{num_clients - 1} or {IDLE_CLIENT} "
                     "(idle), steps >= 0"
                 )
-        self._plan = (round_idx, [(int(c), int(s)) for c, s in plan])
+        self._plan = (round_idx, [(int(c), int(s)) for c, s in plan], whole_passes)
 
     def train_dataloader(self) -> DataLoader:
         """A loader over the batches of the plan set when iteration starts (it is built before the plan)."""
@@ -214,23 +247,32 @@ class FederatedDataModule(pl.LightningDataModule):
         `client_id`, `local_step` (0-based) and `num_steps` added."""
         if self._plan is None:
             raise RuntimeError("set_round_plan must be called before iterating the train loader")
-        round_idx, plan = self._plan
+        round_idx, plan, whole_passes = self._plan
         for client_id, num_steps in plan:
-            rows = itertools.islice(self._client_rows(round_idx, client_id), num_steps)
+            rows = itertools.islice(self._client_rows(round_idx, client_id, whole_passes), num_steps)
             for step, batch in enumerate(rows):
                 extra = {"client_id": client_id, "local_step": step, "num_steps": num_steps}
                 yield {**collate(batch, self._pad_id), **extra}
 
-    def _client_rows(self, round_idx: int, client_id: int) -> Iterator[list[dict]]:
+    def _client_rows(
+        self, round_idx: int, client_id: int, whole_passes: bool = False
+    ) -> Iterator[list[dict]]:
         """Endless batches (lists of encodings) of a client in a round, drawn from seeded permutations one
-        after another; an idle client's rows are a single pad token with its label ignored."""
+        after another (`whole_passes`: each permutation cut into batches on its own, the last one short;
+        the same batches when the batch size is 1); an idle client's rows are a single pad token with its
+        label ignored."""
         if client_id == IDLE_CLIENT:
             row = {"input_ids": torch.tensor([self._pad_id]), "labels": torch.tensor([IGNORE_INDEX])}
             while True:
                 yield [row] * self.batch_size
         data = self._require_setup()[client_id]
         rng = np.random.default_rng([self.seed, round_idx, client_id])
-        order = itertools.chain.from_iterable(rng.permutation(len(data)).tolist() for _ in itertools.count())
+        passes = (rng.permutation(len(data)).tolist() for _ in itertools.count())
+        if whole_passes:
+            for order in passes:
+                for start in range(0, len(order), self.batch_size):
+                    yield [data[i] for i in order[start : start + self.batch_size]]
+        order = itertools.chain.from_iterable(passes)
         while True:
             yield [data[next(order)] for _ in range(self.batch_size)]
 

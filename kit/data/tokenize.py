@@ -30,12 +30,19 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
     return kept, len(encoded) - len(kept)
 
 
-def encode_each(tokenizer, examples: list[Example], max_length: int) -> list[dict | None]:
+def encode_each(
+    tokenizer, examples: list[Example], max_length: int, keep_overlong: bool = False
+) -> list[dict | None]:
     """`encode_example` for each of `examples`, with batched tokenizer calls; prompt + response is
-    tokenised only for the examples whose prompt fits (tokenisation dominates data setup time)."""
+    tokenised only for the examples whose prompt fits (tokenisation dominates data setup time).
+
+    `keep_overlong`: an example whose prompt fills `max_length` is kept instead of None, truncated to
+    `max_length` with every label ignored, as the reference's `utils_data/llm_dataset.py` keeps it (its
+    loss is then NaN: a step on it alone is spent and skipped).
+    """
     ids = partial(tokenizer, return_attention_mask=False, return_token_type_ids=False)
     prompts = ids([ex.prompt for ex in examples])["input_ids"] if examples else []
-    fits = [i for i, prompt_ids in enumerate(prompts) if len(prompt_ids) < max_length]
+    fits = [i for i, prompt_ids in enumerate(prompts) if len(prompt_ids) < max_length or keep_overlong]
     fulls = ids([examples[i].prompt + examples[i].response for i in fits])["input_ids"] if fits else []
     encoded: list[dict | None] = [None] * len(examples)
     for i, full_ids in zip(fits, fulls, strict=True):

@@ -24,6 +24,7 @@ import torch
 from kit import evaluation
 from kit.deploy.messages import SyncReport, SyncRequest, TrainRequest
 from kit.deploy.recipe import Recipe
+from kit.federation.budget import client_steps, local_budget
 from kit.federation.catchup import MERGED
 from kit.methods import Method, build_method
 from kit.models import load_model
@@ -167,8 +168,11 @@ class NodeReplica:
                 f"client {client_id} is not hosted here (partition-id={self.partition_id}, "
                 f"num-partitions={self.num_partitions}, {self.num_clients()} clients)"
             )
-        rt = self.rt
-        rt.dm.set_round_plan(server_round, [(client_id, request.steps)])
+        rt, recipe = self.rt, self.recipe
+        budget = local_budget(recipe.method, recipe.settings.local_steps, recipe.config.local_epochs)
+        # a pass's length is the client's own: the server, which holds no client data, plans tau steps
+        steps = client_steps(rt.dm.client_sizes[client_id], rt.dm.batch_size, budget)
+        rt.dm.set_round_plan(server_round, [(client_id, steps)], whole_passes=budget.whole_passes)
         saved = WeightSnapshot(rt.params, "disk", self._file(self.saved_round())).saved
         rt.module.net.train()  # as under the Trainer
         try:

@@ -34,6 +34,7 @@ from kit.deploy.nodes import Nodes
 from kit.deploy.recipe import Recipe
 from kit.deploy.records import round_record, runtime_fields, save_state, write_config
 from kit.deploy.wire import flower_bytes
+from kit.federation.budget import local_budget
 from kit.methods import build_method
 from kit.models import load_model
 from kit.rounds import ClientResult
@@ -252,6 +253,9 @@ class FedKSeedStrategy(Strategy):
         run = self.run_state
         facts = run.facts(self.nodes.num_clients or 0, self.nodes.dropped_examples, "flower")
         facts.update(runtime_fields(self.history, self.nodes.parts, self.resumed_at))
+        recipe = self.recipe
+        budget = local_budget(recipe.method, recipe.settings.local_steps, recipe.config.local_epochs)
+        facts["local_budget"] = budget.to_dict()
         write_metrics_csv(self.run_dir / "metrics.csv", self.rows)
         write_config(self.run_dir, self.recipe)
         return run.write_summary(self.run_dir / "summary.json", facts, run.rounds_done == self.recipe.rounds)

@@ -67,8 +67,14 @@ class FedConfig:
     eval: EvalConfig
     snapshot: str = "auto"
     progress: bool = True
+    local_epochs: int | None = None
+    """first-order methods: whole passes over a client's data per round (null: `local_steps`)."""
 
     def __post_init__(self) -> None:
+        if self.local_epochs is not None and self.local_epochs < 1:
+            raise ValueError(
+                f"--fed.local_epochs must be >= 1 or null (use --fed.local_steps), got {self.local_epochs}"
+            )
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fed.fraction must be in (0, 1], got {self.fraction}")
         if self.settings.local_steps < 1 or self.settings.num_seeds < 1:
@@ -87,7 +93,13 @@ class FedConfig:
         f = {**FLAG_DEFAULTS, **flags}
         pick = lambda kind: kind(**{x.name: f[x.name] for x in fields(kind)})  # noqa: E731
         return cls(
-            pick(FedSettings), f["fraction"], pick(FaultModel), pick(EvalConfig), f["snapshot"], f["progress"]
+            pick(FedSettings),
+            f["fraction"],
+            pick(FaultModel),
+            pick(EvalConfig),
+            f["snapshot"],
+            f["progress"],
+            f["local_epochs"],
         )
 
 
@@ -102,6 +114,7 @@ FLAG_DEFAULTS: dict = {
     **_field_defaults(EvalConfig),
     "snapshot": "auto",
     "progress": True,
+    "local_epochs": None,
     # collapse detection (kit.divergence): Lightning's loop watches the losses
     "divergence_factor": 2.0,
     "stop_on_divergence": False,

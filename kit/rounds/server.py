@@ -49,6 +49,7 @@ def round_metrics(
         "fed/uplink_bytes_mean": float(stats[:, 3].mean()) if sent else 0.0,
         "fed/uplink_bytes_max": float(stats[:, 3].max()) if sent else 0.0,
         "fed/downlink_bytes": float(len(outcome.downlink)),
+        "fed/local_steps": float(stats[:, 1].sum() + stats[:, 2].sum()),  # every client's, skipped too
         **method_metrics,
         "zo/skipped_steps": float(stats[:, 2].sum()),
     }

@@ -106,6 +106,11 @@ def run_facts(
             "trim_fraction": settings.trim_fraction,
             "scalar_bound": settings.scalar_bound,
         },
+        "screening": {
+            "screen_bound": settings.screen_bound,
+            "loss_range": settings.loss_range,
+            "tensor_norm_ratio": settings.tensor_norm_ratio,
+        },
         "theta0": theta0,
         "z": z_dict(method),
     }
