@@ -52,7 +52,8 @@ class WeightSnapshot:
             raise ValueError("a disk snapshot needs a path")
         self.params, self.where, self.path = params, where, path
         self.nbytes = sum(p.numel() * p.element_size() for p in params)
-        self.placement: Placement | None = None  # decided at the first save
+        # a file is where it is; memory is placed at the first save (a fresh disk snapshot reads a saved file)
+        self.placement: Placement | None = "disk" if where == "disk" else None
         self._copies: list[torch.Tensor] | None = None
 
     @torch.no_grad()
