@@ -47,6 +47,7 @@ def test_run_records_z_theta0_and_every_rounds_digest(run, tiny_model_dir):
     summary = json.loads((run / "summary.json").read_text())
     state = _loop_state(run / "checkpoints" / "last.ckpt")
     z = {"family": "philox", "version": "2", "chunk_size": 1 << 20, "distribution": "gaussian"}
+    z["backend"] = "native"  # recorded, not part of the definition (no cuda self-test on a CPU)
     theta0 = {"model": str(tiny_model_dir), "sha256": weights_digest(load_model(str(tiny_model_dir)))}
     assert summary["z"] == state["z"] == z
     assert summary["theta0"] == state["theta0"] == theta0
