@@ -36,6 +36,7 @@ from kit.metrics_csv import RoundCSVLogger
 from kit.reporting import RunReporter, headline, log_rouge_tables
 from kit.snapshot import WeightSnapshot
 from kit.zo.definition import ZDefinition, check_same
+from kit.zo.master import check_recorded, master_dtype_of
 
 
 class FederatedLoop(pl.Callback):
@@ -125,6 +126,7 @@ class FederatedLoop(pl.Callback):
         self.reporter = RunReporter()
         self.rounds_done = 0
         self.theta0: dict | None = None  # {"model", "sha256"} of the weights training started from
+        self.master_dtype = "float32"  # the trained weights' dtype (--model.master_dtype)
         self.round_digests: list[str] = []  # sha256 of the global weights after each round
         self._recorded: dict = {}  # a resumed checkpoint's theta0 and z
         self._loaded: dict | None = None
@@ -174,6 +176,9 @@ class FederatedLoop(pl.Callback):
     def _prepare(self, pl_module) -> None:
         """theta_0's identity, then the method's model; on resume both checked against the checkpoint
         (same theta_0, and z drawn as recorded whatever this device's default backend)."""
+        self.master_dtype = master_dtype_of(pl_module.net)
+        if self._recorded:  # absent in older checkpoints: float32
+            check_recorded(self._recorded.get("master_dtype"), self.master_dtype, "the checkpoint")
         self.theta0 = theta0_identity(pl_module.hparams.model, pl_module.net)
         if self._recorded.get("theta0"):
             check_theta0(self._recorded["theta0"], self.theta0, "the checkpoint")
@@ -339,6 +344,7 @@ class FederatedLoop(pl.Callback):
             "world_size": trainer.world_size,
             "theta0": self.theta0,
             "z": self._z(),
+            "master_dtype": self.master_dtype,
         }
         return self.reporter.write_summary(
             self.run_dir / "summary.json", facts, pl_module.net if final else None
@@ -352,6 +358,7 @@ class FederatedLoop(pl.Callback):
             "method_state": self.method.state_dict(),
             "theta0": self.theta0,
             "z": self._z(),
+            "master_dtype": self.master_dtype,
             "round_digests": list(self.round_digests),
             **self.reporter.state_dict(),
         }
@@ -363,7 +370,11 @@ class FederatedLoop(pl.Callback):
                 "resume with the same --method"
             )
         self.rounds_done = int(state["rounds_done"])
-        self._recorded = {"theta0": state.get("theta0"), "z": state.get("z")}
+        self._recorded = {
+            "theta0": state.get("theta0"),
+            "z": state.get("z"),
+            "master_dtype": state.get("master_dtype"),
+        }
         self.round_digests = list(state.get("round_digests", []))
         self.reporter.load_state_dict(state)
         self._loaded = state["method_state"]

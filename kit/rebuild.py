@@ -26,6 +26,7 @@ from kit.methods import build_method
 from kit.models import load_model, load_tokenizer
 from kit.module import FedKSeedModule
 from kit.zo.definition import ZDefinition, check_same
+from kit.zo.master import check_recorded, hp_master_dtype, master_dtype_of
 
 
 def read_run(run_dir: str | Path, checkpoint: str | Path | None = None):
@@ -49,7 +50,8 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, de
     run_dir = Path(run_dir)
     hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
     method = build_method(hp["method"], hp, settings)
-    model = load_model(hp["model"], device=device)
+    model = load_model(hp["model"], dtype=hp_master_dtype(hp), device=device)
+    check_recorded(state.get("master_dtype"), master_dtype_of(model), f"checkpoint {ckpt_path}")
     if state.get("theta0"):
         check_theta0(state["theta0"], theta0_identity(hp["model"], model), f"checkpoint {ckpt_path}")
     if state.get("z"):

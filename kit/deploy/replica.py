@@ -31,6 +31,7 @@ from kit.models import load_model
 from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
 from kit.snapshot import WeightSnapshot
+from kit.zo.master import hp_master_dtype
 
 
 @dataclass
@@ -58,7 +59,7 @@ def _runtime(recipe: Recipe) -> _Runtime:
         dm = recipe.datamodule()
         dm.setup("fit")
         module = FedKSeedModule(**recipe.hp)
-        module.net = load_model(recipe.hp["model"], dtype="float32", device="cpu")
+        module.net = load_model(recipe.hp["model"], dtype=hp_master_dtype(recipe.hp), device="cpu")
         method = build_method(recipe.method, recipe.hp, recipe.settings)
         module.net = method.prepare(module.net)
         _RUNTIMES[key] = _Runtime(dm, module, method, method.global_params())
@@ -91,7 +92,7 @@ class NodeReplica:
         """Put the replica into the model; returns its round."""
         rnd = self.saved_round()
         if rnd == 0:
-            theta0 = load_model(self.recipe.hp["model"], dtype="float32", device="cpu")
+            theta0 = load_model(self.recipe.hp["model"], dtype=hp_master_dtype(self.recipe.hp), device="cpu")
             with torch.no_grad():
                 for p, q in zip(self.rt.params, theta0.parameters(), strict=True):
                     p.copy_(q)

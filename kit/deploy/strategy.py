@@ -41,6 +41,7 @@ from kit.federation.server import sample_clients
 from kit.methods import build_method
 from kit.models import load_model
 from kit.reporting import weights_digest
+from kit.zo.master import hp_master_dtype
 
 QUERY = MessageType.QUERY  # which partitions a node hosts
 
@@ -73,7 +74,9 @@ class FedKSeedStrategy(Strategy):
         self.round_timeout, self.check_replicas = round_timeout, check_replicas
         self.replay_rate, self.bandwidth, self.merged_after = replay_rate, bandwidth, merged_after
         self.method = build_method(recipe.method, recipe.hp, recipe.settings)
-        self.net = self.method.prepare(load_model(recipe.hp["model"], dtype="float32", device="cpu"))
+        self.net = self.method.prepare(
+            load_model(recipe.hp["model"], dtype=hp_master_dtype(recipe.hp), device="cpu")
+        )
         self.num_params = sum(p.numel() for p in self.net.parameters())
         self.rounds_done = 0
         self.history: list[dict] = []
