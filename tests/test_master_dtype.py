@@ -258,18 +258,22 @@ def test_resume_and_rebuild_refuse_another_master_dtype(runs, tiny_model_dir, da
     assert "bfloat16 master weights" in capsys.readouterr().err
 
 
+FORMATS = ((torch.float16, "f16"), (torch.bfloat16, "bf16"))
+
+
 def test_native_16_bit_kernels_round_edge_values_as_torch_does():
     # subnormals, ties, the float16 overflow threshold (65520 -> inf), zeros, signs; torch's own casts
     # and ops are the statement (the kernels' rounding is integer code of their own)
     from kit.zo.native import load
 
-    kernel = load()
     rng = np.random.default_rng(1)
     specials = [0.0, -0.0, 1e-8, 2.9802322e-08, 3e-8, 5.96e-8, 6.1e-5, 6.097e-5, 65504.0, 65519.0, 65520.0]
     specials += [-65520.0, 1e30, -1e-30, 1.0 + 2**-11, 1.0 + 3 * 2**-11, 2**-14 * (1 + 2**-11)]
     z = np.concatenate([np.array(specials, dtype=np.float32), rng.standard_normal(4000).astype(np.float32)])
     z = np.concatenate([z, (rng.standard_normal(4000) * 1e-6).astype(np.float32)])
-    for dtype, fmt in ((torch.float16, "f16"), (torch.bfloat16, "bf16")):
+    cases = [(isa, dtype, fmt) for isa in load().available for dtype, fmt in FORMATS]  # avx2: F16C lanes
+    for isa, dtype, fmt in cases:
+        kernel = load(isa)
         p0 = torch.from_numpy(rng.standard_normal(z.size).astype(np.float32) * 0.02).to(dtype)
         p0[: len(specials)] = torch.tensor(specials).to(dtype)
         zt = torch.from_numpy(z)
@@ -277,10 +281,10 @@ def test_native_16_bit_kernels_round_edge_values_as_torch_does():
             p = p0.clone()
             kernel.half_perturb(p.data_ptr(), zt.data_ptr(), z.size, fmt, scale)
             want = p0 + scale * zt.to(dtype)
-            assert torch.equal(p.view(torch.int16), want.view(torch.int16)), (fmt, scale)
+            assert torch.equal(p.view(torch.int16), want.view(torch.int16)), (isa, fmt, scale)
         p = p0.clone()
         kernel.half_update(p.data_ptr(), zt.data_ptr(), z.size, fmt, 1e-3, 2e-5, -9.0)
         zq = zt.to(dtype)
         want = p0 + 1e-3 * zq
         want = want - 2e-5 * (-9.0 * zq)
-        assert torch.equal(p.view(torch.int16), want.view(torch.int16)), fmt
+        assert torch.equal(p.view(torch.int16), want.view(torch.int16)), (isa, fmt)

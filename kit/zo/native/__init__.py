@@ -146,8 +146,14 @@ class ZKernel:
         lib.zk_philox4x32.argtypes = [ctypes.POINTER(ctypes.c_uint32)] * 3
         lib.zk_philox4x32.restype = None
         self._half = {}  # float16 / bfloat16 master weights: (perturb, update) per format
+        lib.zk_has_f16c.restype = ctypes.c_int
+        self.f16c = isa == "avx2" and bool(lib.zk_has_f16c())  # float16 in 8 lanes (same bits)
         for fmt in ("f16", "bf16"):
-            pz, uz = getattr(lib, f"zk_{fmt}_perturb_z"), getattr(lib, f"zk_{fmt}_update_z")
+            variant = "avx2" if fmt == "f16" and self.f16c else "c"
+            pz, uz = (
+                getattr(lib, f"zk_{fmt}_perturb_z_{variant}"),
+                getattr(lib, f"zk_{fmt}_update_z_{variant}"),
+            )
             pz.argtypes, pz.restype = [_P, _P, _I64, _F], None
             uz.argtypes, uz.restype = [_P, _P, _I64, _F, _F, _F], None
             self._half[fmt] = (pz, uz)

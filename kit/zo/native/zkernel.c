@@ -414,14 +414,14 @@ ZK_INLINE uint16_t zk_to_bf16(float f)
 }
 
 #define ZK_HALF_KERNELS(FMT)                                                                          \
-    ZK_API void zk_##FMT##_perturb_z(uint16_t *p, const float *z, int64_t n, float s)                 \
+    ZK_API void zk_##FMT##_perturb_z_c(uint16_t *p, const float *z, int64_t n, float s)               \
     {                                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                             \
             float zq = zk_from_##FMT(zk_to_##FMT(z[i]));                                              \
             p[i] = zk_to_##FMT(zk_from_##FMT(p[i]) + zk_from_##FMT(zk_to_##FMT(zq * s)));             \
         }                                                                                             \
     }                                                                                                 \
-    ZK_API void zk_##FMT##_update_z(uint16_t *p, const float *z, int64_t n, float r, float lr, float g) \
+    ZK_API void zk_##FMT##_update_z_c(uint16_t *p, const float *z, int64_t n, float r, float lr, float g) \
     {                                                                                                 \
         for (int64_t i = 0; i < n; i++) {                                                             \
             float zq = zk_from_##FMT(zk_to_##FMT(z[i]));                                              \
@@ -433,6 +433,47 @@ ZK_INLINE uint16_t zk_to_bf16(float f)
     }
 ZK_HALF_KERNELS(f16)
 ZK_HALF_KERNELS(bf16)
+
+/* float16 with F16C (x86): the same ops, 8 lanes; vcvtps2ph with an explicit round-to-nearest-even
+ * immediate is the IEEE conversion (subnormals, overflow to infinity), so the bits equal the C code's. */
+#ifdef ZK_X86
+#include <cpuid.h>
+ZK_API int zk_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && zk_has_avx2();
+}
+#define ZK_R16(x) _mm256_cvtph_ps(_mm256_cvtps_ph((x), _MM_FROUND_TO_NEAREST_INT))
+__attribute__((target("avx2,f16c"))) ZK_API void zk_f16_perturb_z_avx2(uint16_t *p, const float *z, int64_t n,
+                                                                        float s)
+{
+    int64_t i = 0;
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= n; i += 8) {
+        __m256 zq = ZK_R16(_mm256_loadu_ps(z + i));
+        __m256 q = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i)));
+        __m256 sum = _mm256_add_ps(q, ZK_R16(_mm256_mul_ps(zq, vs)));
+        _mm_storeu_si128((__m128i *)(p + i), _mm256_cvtps_ph(sum, _MM_FROUND_TO_NEAREST_INT));
+    }
+    zk_f16_perturb_z_c(p + i, z + i, n - i, s);
+}
+__attribute__((target("avx2,f16c"))) ZK_API void zk_f16_update_z_avx2(uint16_t *p, const float *z, int64_t n,
+                                                                       float r, float lr, float g)
+{
+    int64_t i = 0;
+    const __m256 vr = _mm256_set1_ps(r), vl = _mm256_set1_ps(lr), vg = _mm256_set1_ps(g);
+    for (; i + 8 <= n; i += 8) {
+        __m256 zq = ZK_R16(_mm256_loadu_ps(z + i));
+        __m256 q = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i)));
+        if (r != 0.0f) q = ZK_R16(_mm256_add_ps(q, ZK_R16(_mm256_mul_ps(zq, vr))));
+        __m256 step = ZK_R16(_mm256_mul_ps(vl, ZK_R16(_mm256_mul_ps(zq, vg))));
+        _mm_storeu_si128((__m128i *)(p + i), _mm256_cvtps_ph(_mm256_sub_ps(q, step), _MM_FROUND_TO_NEAREST_INT));
+    }
+    zk_f16_update_z_c(p + i, z + i, n - i, r, lr, g);
+}
+#else
+ZK_API int zk_has_f16c(void) { return 0; }
+#endif
 
 /* Raw Philox-4x32-10 of one counter (for known-answer tests). */
 ZK_API void zk_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
