@@ -5,7 +5,8 @@
     materialize("quickstart.seeds", "models/quickstart")       # a Hugging Face model folder
 
 `materialize` loads the base model, checks it is the run's θ₀, replays every round's scalars with
-the server's own update (`kit.federation.sync.apply_scalars`) under the recorded z, checks the
+the server's own update (`kit.federation.sync.apply_scalars`) under the recorded z and master dtype
+(float16 / bfloat16 weights move by the reference's arithmetic, kit/zo/master.py), checks the
 result against the run's weights digest and saves it with `save_pretrained` and the tokenizer.
 """
 
@@ -53,6 +54,7 @@ def export_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | No
         local_steps=settings.local_steps,
         method=hp["method"],
         global_weights_sha256=digests[-1] if digests else state["theta0"]["sha256"],
+        master_dtype=state.get("master_dtype") or "float32",
         downlinks=[g.numpy() for g in state["method_state"]["downlinks"]],
     )
     out = Path(out)
@@ -70,7 +72,7 @@ def materialize(
     and save it to `out_dir`; returns the verified weights digest."""
     sf = decode(Path(seed_file).read_bytes(), str(seed_file))
     base = model or sf.model
-    net = load_model(base, device=device)
+    net = load_model(base, dtype=sf.master_dtype, device=device)  # the recorded master dtype
     check_theta0({"model": sf.model, "sha256": sf.theta0_sha256}, theta0_identity(base, net), str(seed_file))
     zdef = ZDefinition.from_dict(sf.z)
     perturber = Perturber(

@@ -17,6 +17,7 @@ from kit.lm_head import example_losses, head_inputs
 from kit.methods import METHODS, ClientUpdate
 from kit.models import load_model
 from kit.ranges import check_model_ranges
+from kit.zo.master import SEED_METHODS, check_master_dtype, hp_master_dtype
 
 MethodName = Literal[METHODS]  # the registry's names (kit/methods/__init__.py), as CLI choices
 
@@ -49,6 +50,13 @@ class FedKSeedModule(pl.LightningModule):
             two losses of a ZO step (and eval) in half precision on GPUs, as the reference trains in
             fp16; the master weights, z and every update stay float32, so only the losses (hence
             the scalars g) change, by half-precision rounding. On CPUs keep float32.
+        master_dtype: FedKSeed / FedKSeed-Pro: dtype the trained weights are stored in. "float32"
+            (default: the kit's fused float32 path). "float16" reproduces the reference, which loads
+            the model in float16 and moves it out of place in float16 (z rounded from the kit's one
+            float32 z; forwards then run in that dtype too); "bfloat16" the same in bfloat16. Every
+            perturbation, restore and update rounds to it, so updates below a weight's spacing are
+            lost as in the reference (docs/precision.md). Needs --model.weight_decay 0. The other
+            methods train float32 weights whatever it says (summary.json records the dtype used).
         optimizer: first-order methods: "adam", "adamw" or "sgd" (null: the method's own, Adam for
             fedit/fedptuning/fedprompt/fedavg, SGD for fedit-sgd).
         momentum: SGD momentum (FedIT-SGD: 0, plain SGD).
@@ -74,6 +82,7 @@ class FedKSeedModule(pl.LightningModule):
         keep_z: bool = False,
         zo_backend: Literal["auto", "native", "cuda", "portable", "torch"] = "auto",
         forward_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        master_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
         optimizer: Literal["adam", "adamw", "sgd"] | None = None,
         momentum: float = 0.0,
         lora_r: int = 8,
@@ -87,6 +96,7 @@ class FedKSeedModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_model_ranges(locals())
+        check_master_dtype(master_dtype, weight_decay if method in SEED_METHODS else 0.0)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold the method's global state (see kit.methods)
@@ -96,7 +106,8 @@ class FedKSeedModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        self.net = load_model(self.hparams.model, dtype="float32", device=self.trainer.strategy.root_device)
+        dtype = hp_master_dtype(self.hparams)
+        self.net = load_model(self.hparams.model, dtype=dtype, device=self.trainer.strategy.root_device)
 
     def configure_optimizers(self):
         return None  # each client makes its own (fresh every round), see kit.methods

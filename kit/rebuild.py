@@ -27,6 +27,7 @@ from kit.module import FedKSeedModule
 from kit.rounds.config import FLAG_DEFAULTS, FedConfig, init_defaults
 from kit.rounds.run import FLOWER_CHECKPOINT
 from kit.rounds.state import prepare_model, restore_global
+from kit.zo.master import hp_master_dtype
 
 
 def _checkpoint(run_dir: Path, checkpoint: str | Path | None) -> Path:
@@ -65,7 +66,9 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, de
     hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
     method = build_method(hp["method"], hp, settings)
     where = f"checkpoint {ckpt_path}"
-    model, _ = prepare_model(method, load_model(hp["model"], device=device), hp["model"], state, where)
+    model, _ = prepare_model(
+        method, load_model(hp["model"], dtype=hp_master_dtype(hp), device=device), hp["model"], state, where
+    )
     try:
         checked = restore_global(method, state["method_state"], model, state, where)
     finally:

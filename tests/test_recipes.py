@@ -58,6 +58,7 @@ def test_recipe_builds_its_config(recipe: Path, tmp_path: Path):
     if recipe.name.startswith("paper-"):
         assert loop.k == 4096 and loop.fraction == 0.05 and loop.local_steps == 200
         assert cli.model.hparams.lr == 3e-7 and cli.model.hparams.zo_eps == 5e-4
+        assert cli.model.hparams.master_dtype == "float16"  # the reference's arithmetic (docs/precision.md)
         assert cli.trainer.max_epochs == (40 if "-ni-" in recipe.name else 60)
 
 

@@ -32,6 +32,7 @@ from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
 from kit.rounds import ClientResult, train_client
 from kit.snapshot import WeightSnapshot
+from kit.zo.master import hp_master_dtype
 
 
 @dataclass
@@ -57,7 +58,7 @@ def _initial_global(recipe: Recipe) -> list[torch.Tensor]:
     """The global parameters before round 1: the method's prepared model from θ₀ (e.g. seeded adapters)."""
     method = build_method(recipe.method, recipe.hp, recipe.settings)
     try:
-        method.prepare(load_model(recipe.hp["model"], dtype="float32", device="cpu"))
+        method.prepare(load_model(recipe.hp["model"], dtype=hp_master_dtype(recipe.hp), device="cpu"))
         return [p.detach() for p in method.global_params()]
     finally:
         method.close()
@@ -69,7 +70,7 @@ def _runtime(recipe: Recipe) -> _Runtime:
         dm = recipe.datamodule()
         dm.setup("fit")
         module = FedKSeedModule(**recipe.hp)
-        module.net = load_model(recipe.hp["model"], dtype="float32", device="cpu")
+        module.net = load_model(recipe.hp["model"], dtype=hp_master_dtype(recipe.hp), device="cpu")
         method = build_method(recipe.method, recipe.hp, recipe.settings)
         module.net = method.prepare(module.net)
         _RUNTIMES[key] = _Runtime(dm, module, method, method.global_params())

@@ -41,6 +41,7 @@ from kit.rounds import ClientResult
 from kit.rounds.run import FLOWER_CHECKPOINT, ServerRun, write_metrics_csv
 from kit.rounds.state import check_method
 from kit.rounds.sync import CatchUpCosts, plan_sync
+from kit.zo.master import hp_master_dtype
 
 
 class FedKSeedStrategy(Strategy):
@@ -73,7 +74,7 @@ class FedKSeedStrategy(Strategy):
         self.ckpt = self.run_dir / "checkpoints" / FLOWER_CHECKPOINT
         self.method = method = build_method(recipe.method, recipe.hp, recipe.settings)
         state = self._load_checkpoint() if self.ckpt.is_file() else None
-        net = load_model(recipe.hp["model"], dtype="float32", device="cpu")
+        net = load_model(recipe.hp["model"], dtype=hp_master_dtype(recipe.hp), device="cpu")
         fed = recipe.settings, recipe.faults, recipe.fed["fraction"]
         self.run_state = ServerRun(method, net, recipe.hp["model"], *fed, state, str(self.ckpt))
         self.history: list[dict] = json.loads(state["flower_history"]) if state else []  # Flower's records

@@ -10,7 +10,9 @@ Layout (little-endian):
     header                                       H bytes of UTF-8 JSON (sorted keys): model, theta0_sha256,
                                                  z, num_seeds, federation_seed, lr, weight_decay, method,
                                                  rounds, global_weights_sha256; local_steps (tau, for
-                                                 the round's weight decay; absent in older files)
+                                                 the round's weight decay; absent in older files);
+                                                 master_dtype (float32, float16 or bfloat16; absent
+                                                 in files written before it: float32)
     per round: n (u32), n seed indices (u32, strictly ascending, < K), n scalars G_j (f32, finite, != 0)
     sha256 of all the bytes above                32 bytes
 Only the seeds a round touched are stored: a round costs 4 + 8 n bytes.
@@ -42,6 +44,8 @@ HEADER_KEYS = (
     "rounds",
     "global_weights_sha256",
 )
+OPTIONAL_HEADER = {"master_dtype": "float32"}  # key: the value of files written before the key
+MASTER_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class SeedFileError(ValueError):
@@ -76,6 +80,8 @@ class SeedFile:
             )
         return round_decay(self.lr, self.weight_decay, self.local_steps)
 
+    master_dtype: str = "float32"  # the dtype the weights were trained and are rebuilt in
+
     def header(self) -> dict:
         return {
             "model": self.model,
@@ -89,6 +95,7 @@ class SeedFile:
             "rounds": len(self.downlinks),
             "global_weights_sha256": self.global_weights_sha256,
             **({"local_steps": int(self.local_steps)} if self.local_steps is not None else {}),
+            "master_dtype": self.master_dtype,
         }
 
 
@@ -149,4 +156,10 @@ def decode(data: bytes, source: str = "seed file") -> SeedFile:
     if pos != len(body):
         raise SeedFileError(f"{source} has {len(body) - pos} bytes after its last round: {fix}")
     fields = {key: header[key] for key in HEADER_KEYS if key != "rounds"}
-    return SeedFile(**fields, downlinks=downlinks, local_steps=header.get("local_steps"))
+    optional = {key: header.get(key, default) for key, default in OPTIONAL_HEADER.items()}
+    if optional["master_dtype"] not in MASTER_DTYPES:
+        raise SeedFileError(
+            f"{source}'s header names master_dtype {optional['master_dtype']!r}, not one of "
+            f"{', '.join(MASTER_DTYPES)}: {fix}"
+        )
+    return SeedFile(**fields, downlinks=downlinks, local_steps=header.get("local_steps"), **optional)

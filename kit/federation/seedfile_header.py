@@ -102,6 +102,7 @@ FIELDS: dict[str, tuple[bool, Check]] = {
     "rounds": (True, _integer(0, MAX_ROUNDS)),
     "global_weights_sha256": (True, _sha256),
     "master_dtype": (False, _choice(MASTER_DTYPES)),
+    "local_steps": (False, _integer(1, 1 << 31)),  # tau, for the rounds' weight decay
 }
 
 

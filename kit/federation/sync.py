@@ -6,9 +6,14 @@ norms): the factor a client's tau local steps apply to the weights it starts fro
 matrices by lr * weight_decay, `kit.zo.estimator.zo_step`). The uplink's per-seed sums cannot carry
 the decay of the gradient terms inside a round, a second-order effect (lr * weight_decay * tau ~ 1e-6
 at the paper's settings). The server, a client's replay and a resumed run all use `apply_scalars`,
-so they agree bit for bit. The merged replay sums each seed's scalars over the missed rounds first
-(at most K passes however long the client was away) and agrees up to float rounding; it cannot fold
-weight decay (matrices and biases would need different sums per seed), so it refuses it.
+so they agree bit for bit. float16 / bfloat16 master weights move per seed by the reference's
+out-of-place update theta - lr * (G_j * z_j) in their dtype (`Perturber.update`, kit/zo/master.py),
+round after round on the previous global weights, as the kit's float32 server does; the reference's
+server instead rebuilds from theta_0 with every seed's scalars summed over all rounds so far
+(zhenqincn/FedKSeed server.py, update_global_model_by_seed_pool), see docs/precision.md. The
+merged replay sums each seed's scalars over the missed rounds first (at most K passes however long
+the client was away) and agrees up to float rounding; it cannot fold weight decay (matrices and
+biases would need different sums per seed), so it refuses it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def apply_scalars(
         perturber.add(pool[0], 0.0, decay=decay)  # a decay-only pass: alpha 0 adds nothing
         return 1
     for n, j in enumerate(touched):
-        perturber.add(pool[j], -lr * float(scalars[j]), decay=decay if n == 0 else 0.0)
+        perturber.update(pool[j], lr, float(scalars[j]), decay=decay if n == 0 else 0.0)
     return len(touched)
 
 

@@ -27,6 +27,7 @@ from kit.rounds.client import ClientResult
 from kit.rounds.plan import RoundPlan, plan_round
 from kit.rounds.server import RoundOutcome, aggregate_round, round_metrics
 from kit.rounds.state import checkpoint_state, prepare_model, restore_global, run_facts
+from kit.zo.master import master_dtype_of
 
 FLOWER_CHECKPOINT = (
     "server.pt"  # a Flower server's checkpoint in RUN_DIR/checkpoints (Lightning's: last.ckpt)
@@ -48,6 +49,7 @@ class ServerRun:
         where: str = "the checkpoint",
     ) -> None:
         self.method, self.settings, self.faults, self.fraction = method, settings, faults, fraction
+        self.master_dtype = master_dtype_of(net)  # the trained weights' dtype (--model.master_dtype)
         self.net, self.theta0 = prepare_model(method, net, model_id, recorded, where)
         self.reporter = RunReporter()
         self.rounds_done, self.round_digests = 0, []
@@ -97,9 +99,12 @@ class ServerRun:
     def state_dict(self) -> dict:
         """The checkpoint: the method's global state, θ₀, z, digests and the history."""
         state = checkpoint_state(self.method, self.rounds_done, self.theta0, self.round_digests)
-        return {**state, **self.reporter.state_dict()}
+        return {**state, "master_dtype": self.master_dtype, **self.reporter.state_dict()}
 
     def facts(self, num_clients: int, dropped_examples: Mapping, runtime: str) -> dict:
+        return {**self._facts(num_clients, dropped_examples, runtime), "master_dtype": self.master_dtype}
+
+    def _facts(self, num_clients: int, dropped_examples: Mapping, runtime: str) -> dict:
         return run_facts(
             self.method,
             self.settings,

@@ -16,6 +16,7 @@ from kit.federation.faults import FaultModel
 from kit.identity import check_rebuilt, check_theta0, theta0_identity
 from kit.methods.base import FedSettings, Method
 from kit.zo.definition import ZDefinition, check_same
+from kit.zo.master import check_recorded, master_dtype_of
 
 
 def prepare_model(
@@ -23,10 +24,13 @@ def prepare_model(
 ) -> tuple[torch.nn.Module, dict]:
     """θ₀'s identity, then the method's model (`method.prepare`); returns (model, θ₀ identity).
 
-    With `recorded` (a checkpoint's `theta0` and `z`, named `where` in errors) another θ₀ is refused
+    With `recorded` (a checkpoint's `master_dtype`, `theta0` and `z`, named `where` in errors) weights of
+    another dtype or another θ₀ are refused
     and z is drawn as recorded whatever this device's default backend (another z refused)."""
-    theta0 = theta0_identity(model_id, net)
     recorded = recorded or {}
+    if recorded:  # absent in older checkpoints: float32
+        check_recorded(recorded.get("master_dtype"), master_dtype_of(net), where)
+    theta0 = theta0_identity(model_id, net)
     if recorded.get("theta0"):
         check_theta0(recorded["theta0"], theta0, where)
     if recorded.get("z"):

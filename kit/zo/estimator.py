@@ -1,7 +1,10 @@
 """The two-point zeroth-order step of FedKSeed, done in place on the model's own weights.
 
 No copy of the model, no autograd graph: the weights are moved by +eps z, -2 eps z and back, and
-the restore is fused with the update (scales +1, -2, +1 as in MeZO).
+the restore is fused with the update (scales +1, -2, +1 as in MeZO). float16 / bfloat16 master
+weights take the reference's passes instead (zhenqincn/FedKSeed optimizers/mezo_optimizer.py): +eps,
+-2 eps, +eps, then the update, each out of place and rounded to the dtype (kit/zo/master.py), also
+when a step is skipped; the weights drift within a client's steps by that rounding, as there.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ def zo_step(
     perturber.add(seed, eps)
     loss_plus = float(loss_fn())
     if not math.isfinite(loss_plus):
-        perturber.add(seed, -eps)  # restore, skip the second forward
+        if perturber.master is not None:  # the reference's passes (-2 eps, +eps) without the forward
+            perturber.add(seed, -2.0 * eps)
+            perturber.add(seed, eps)
+        else:
+            perturber.add(seed, -eps)  # restore, skip the second forward
         return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
     # 2) perturb -2 eps, loss at theta - eps z
     perturber.add(seed, -2.0 * eps)
@@ -58,5 +65,5 @@ def zo_step(
         return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
     grad = diff / (2.0 * eps)
     # 3) restore +eps and update theta <- theta - lr (g z + wd theta), fused in one pass
-    perturber.add(seed, -lr * grad, decay=lr * weight_decay, restore=eps)
+    perturber.update(seed, lr, grad, decay=lr * weight_decay, restore=eps)
     return ZOStep(seed_index, grad, loss_plus)

@@ -13,6 +13,9 @@ One definition of z (Philox-4x32-10 + float32 Box-Muller, kit/zo/native/zkernel.
 with the same bits (kit/zo/definition.py): `native` (C kernels, CPU), `cuda` (Triton, NVIDIA GPUs)
 and `portable` (torch ops, any device); `auto` picks one for the device. The legacy `torch` backend
 (a torch.Generator per chunk) is another z, which depends on the device type and the GPU model.
+
+float16 / bfloat16 weights (`--model.master_dtype`) are moved with the reference's out-of-place
+arithmetic in their dtype (kit/zo/master.py), by the same float32 z rounded to that dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from kit.zo import portable
 from kit.zo.definition import BACKENDS, Backend, ZDefinition, choose_backend, definition_of
+from kit.zo.master import REFERENCE_DTYPES, perturb_, update_
 from kit.zo.seeding import mix
 
 Distribution = Literal["gaussian", "rademacher"]
@@ -97,14 +101,23 @@ class Perturber:
         self.chunk_size = chunk_size
         self.device = self.params[0].device
         float32 = all(p.dtype == torch.float32 for p in self.params)
-        if backend == "auto" and not float32 and recorded is None:
+        dtypes = {p.dtype for p in self.params}
+        # float16 / bfloat16 master weights: the float32 z of any backend, rounded, then the
+        # reference's out-of-place arithmetic in that dtype (kit/zo/master.py)
+        self.master: torch.dtype | None = None
+        if len(dtypes) == 1 and dtypes <= set(REFERENCE_DTYPES):
+            self.master = dtypes.pop()
+        if backend == "auto" and not float32 and self.master is None and recorded is None:
             backend = "portable"  # float64 weights (tests, analysis): z in float32, the update in float64
         backend = choose_backend(backend, self.device, recorded)
         self.backend: Backend = backend
         self.definition: ZDefinition = definition_of(backend, self.device.type, chunk_size, distribution)
         self._native = self._cuda = None
-        if backend in ("native", "cuda") and not float32:
-            raise ValueError(f"the {backend} z backend needs float32 parameters; use --model.zo_backend auto")
+        if backend in ("native", "cuda") and not float32 and self.master is None:
+            raise ValueError(
+                f"the {backend} z backend needs float32, float16 or bfloat16 parameters of one dtype; "
+                "use --model.zo_backend auto"
+            )
         if backend == "native":
             if self.device.type != "cpu":
                 raise ValueError("the native z backend runs on CPU; use --model.zo_backend auto")
@@ -133,6 +146,7 @@ class Perturber:
         workers = num_threads or torch.get_num_threads()
         # portable: torch's own ops already use every core
         threaded = self.device.type == "cpu" and workers > 1 and backend not in ("portable", "cuda")
+        threaded = threaded and (self.master is None or backend == "native")  # 16-bit: native kernels
         self._pool = ThreadPoolExecutor(workers) if threaded else None
         # native: the units go to the pool in a few size-balanced batches (a task per unit costs more
         # in thread hand-offs than the kernels of the many small units take); z does not change
@@ -169,6 +183,8 @@ class Perturber:
         """out = the chunk (i, c) of z(seed), on the tensor backends (torch, portable, cuda)."""
         if self.backend == "torch":
             fill_z(out, self._generator(seed, i, c), self.distribution)
+        elif self._native is not None:  # a float16 / bfloat16 master's z: native's float32 bits
+            self._native.fill(out.data_ptr(), out.numel(), mix(seed, i, c), self.distribution)
         elif self._cuda is not None:
             self._cuda.fill(out, mix(seed, i, c), self.distribution)
         else:
@@ -179,8 +195,18 @@ class Perturber:
         """theta <- (1 - d) * (theta + restore * z) + alpha * z, in one pass per chunk.
 
         d = `decay` on matrices and 0 on the rest (see `decays`); `restore` lets the last pass of a
-        step undo its perturbation and apply the decayed update together.
+        step undo its perturbation and apply the decayed update together. A float16 / bfloat16 master
+        takes only the perturbation theta + alpha * z here (its update is `update`).
         """
+        if self.master is not None:
+            if decay or restore:
+                raise ValueError("a float16 / bfloat16 master moves by add(seed, alpha) and update() only")
+            self._reference_pass(
+                seed,
+                lambda p, zq: perturb_(p, zq, alpha),
+                lambda p, z, n, fmt: self._native.half_perturb(p, z, n, fmt, alpha),
+            )
+            return
         use_kept = self._kept is not None and self._kept_seed == seed
         fill_kept = self.keep_z and not use_kept
         if fill_kept:
@@ -237,6 +263,63 @@ class Perturber:
                 self._cuda.axpy_param(
                     flat, seed, i, self.chunk_size, keep * restore + alpha, keep, self.distribution, z=kept
                 )
+
+    def update(self, seed: int, lr: float, grad: float, decay: float = 0.0, restore: float = 0.0) -> None:
+        """theta <- theta + restore * z, then theta - lr * grad * z (with `add`'s decay d on matrices).
+
+        float32: one fused pass, `add(seed, -lr * grad, decay, restore)`. float16 / bfloat16: the
+        reference's two out-of-place expressions per chunk, theta + restore * z, then
+        theta - lr * (grad * z), each op rounded to the dtype (kit/zo/master.py); no decay.
+        """
+        if self.master is None:
+            self.add(seed, -lr * grad, decay=decay, restore=restore)
+            return
+        if decay:
+            raise ValueError("a float16 / bfloat16 master runs without weight decay (--model.weight_decay 0)")
+
+        def move(p: torch.Tensor, zq: torch.Tensor) -> None:
+            if restore:
+                perturb_(p, zq, restore)
+            update_(p, zq, lr, grad)
+
+        self._reference_pass(
+            seed, move, lambda p, z, n, fmt: self._native.half_update(p, z, n, fmt, restore, lr, grad)
+        )
+
+    @torch.no_grad()
+    def _reference_pass(self, seed: int, move, native_move) -> None:
+        """`move(p, zq)` on every chunk of a float16 / bfloat16 master: zq = the chunk's float32 z
+        rounded to the weights' dtype (round to nearest even). On the native backend the same ops run
+        as C kernels, `native_move(p address, z address, n, "f16" | "bf16")` (kit/zo/native/zkernel.c),
+        in the worker threads."""
+        use_kept = self._kept is not None and self._kept_seed == seed
+        fill_kept = self.keep_z and not use_kept
+        if fill_kept:
+            if self._kept is None:
+                self._kept = torch.empty(self.numel, dtype=torch.float32, device=self.device)
+            self._kept_seed = None
+        fmt = "f16" if self.master == torch.float16 else "bf16"
+
+        def run(unit: tuple[int, int, int, int, int]) -> None:
+            i, c, start, size, offset = unit
+            z = self._kept[offset : offset + size] if use_kept or fill_kept else self._scratch()[:size]
+            if not use_kept:
+                self._draw(z, seed, i, c)
+            if self._native is not None:
+                native_move(self.params[i].data_ptr() + 2 * start, z.data_ptr(), size, fmt)
+            else:
+                move(self.params[i].view(-1)[start : start + size], z.to(self.master))
+
+        if self._pool is None:
+            for unit in self.units:
+                run(unit)
+        else:
+            list(self._pool.map(lambda batch: [run(u) for u in batch], self._batches))
+        if self._native is not None:
+            for p in self.params:  # raw-pointer writes: tell autograd the tensors changed
+                torch.autograd.graph.increment_version(p)
+        if fill_kept:
+            self._kept_seed = seed
 
     def _native_run(self, seed, alpha, decay, restore, use_kept, fill_kept):
         """The per-unit work of `add` on the native kernels (ctypes releases the GIL: the pool runs

@@ -145,6 +145,18 @@ class ZKernel:
         self._axpy_z.argtypes, self._axpy_z.restype = [_P, _P, _I64, _F, _F], None
         lib.zk_philox4x32.argtypes = [ctypes.POINTER(ctypes.c_uint32)] * 3
         lib.zk_philox4x32.restype = None
+        self._half = {}  # float16 / bfloat16 master weights: (perturb, update) per format
+        lib.zk_has_f16c.restype = ctypes.c_int
+        self.f16c = isa == "avx2" and bool(lib.zk_has_f16c())  # float16 in 8 lanes (same bits)
+        for fmt in ("f16", "bf16"):
+            variant = "avx2" if fmt == "f16" and self.f16c else "c"
+            pz, uz = (
+                getattr(lib, f"zk_{fmt}_perturb_z_{variant}"),
+                getattr(lib, f"zk_{fmt}_update_z_{variant}"),
+            )
+            pz.argtypes, pz.restype = [_P, _P, _I64, _F], None
+            uz.argtypes, uz.restype = [_P, _P, _I64, _F, _F, _F], None
+            self._half[fmt] = (pz, uz)
 
     def fill(self, out: int, n: int, key: int, distribution: str = "gaussian") -> None:
         """out[i] = z[i] for i < n."""
@@ -163,6 +175,15 @@ class ZKernel:
     def axpy_z(self, p: int, z: int, n: int, alpha: float, keep: float = 1.0) -> None:
         """p[i] = keep * p[i] + alpha * z[i] with a stored z: the same bits as `axpy`."""
         self._axpy_z(p, z, n, alpha, keep)
+
+    def half_perturb(self, p: int, z: int, n: int, fmt: str, scale: float) -> None:
+        """16-bit weights p (fmt "f16" or "bf16"): p = p + scale * zq, zq = the float32 z rounded to
+        fmt, each op rounded to fmt (the reference's out-of-place perturbation, kit/zo/master.py)."""
+        self._half[fmt][0](p, z, n, scale)
+
+    def half_update(self, p: int, z: int, n: int, fmt: str, restore: float, lr: float, grad: float) -> None:
+        """16-bit weights: p = p + restore * zq (when restore != 0), then p = p - lr * (grad * zq)."""
+        self._half[fmt][1](p, z, n, restore, lr, grad)
 
     def philox4x32(self, ctr: Sequence[int], key: Sequence[int]) -> list[int]:
         """The raw Philox-4x32-10 block of one counter (known-answer tests)."""

@@ -367,6 +367,114 @@ ZK_API void zk_axpy_z(float *p, const float *z, int64_t n, float alpha, float ke
     ZK_BEST(zk_axpy_z, p, z, n, alpha, keep);
 }
 
+/* ---- float16 / bfloat16 master weights (kit/zo/master.py) ---------------------------------- */
+/* The reference's out-of-place ops on 16-bit weights, given the float32 z of a chunk (from fill):
+ * zq = z rounded to the weights' format; every op in float32, its result rounded to nearest even in
+ * that format (as torch computes a float16 / bfloat16 op with a Python scalar rounded to float32):
+ *   zk_<fmt>_perturb_z(p, z, n, s):            p = p + s * zq
+ *   zk_<fmt>_update_z(p, z, n, r, lr, g):      p = p + r * zq (if r != 0), then p = p - lr * (g * zq)
+ * fmt: f16 (IEEE binary16) or bf16. Integer rounding only: no dependence on the FP environment. */
+ZK_INLINE float zk_from_f16(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in float32 */
+        float f = (float)m * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    if (e == 31) return as_f32(sign | 0x7f800000u | (m << 13));
+    return as_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+ZK_INLINE uint16_t zk_to_f16(float f)
+{
+    uint32_t x = as_u32(f), sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    if (x > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); /* NaN */
+    if (x >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: rounds to infinity */
+    if (x < 0x38800000u) { /* below 2^-14: a subnormal half (or zero), in units of 2^-24 */
+        uint32_t e = x >> 23;
+        if (e < 102u) return (uint16_t)sign; /* below 2^-25: rounds to zero (2^-25 itself: to even 0) */
+        uint32_t m = (x & 0x7fffffu) | 0x800000u, shift = 126u - e; /* 14 <= shift <= 24 */
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (r & 1u))) r++;
+        return (uint16_t)(sign | r); /* r = 1024 is the smallest normal's encoding */
+    }
+    x += 0xfffu + ((x >> 13) & 1u); /* round the 13 dropped bits to nearest even */
+    return (uint16_t)(sign | ((x - (112u << 23)) >> 13));
+}
+
+ZK_INLINE float zk_from_bf16(uint16_t h) { return as_f32((uint32_t)h << 16); }
+
+ZK_INLINE uint16_t zk_to_bf16(float f)
+{
+    uint32_t x = as_u32(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u); /* NaN, quiet */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+#define ZK_HALF_KERNELS(FMT)                                                                          \
+    ZK_API void zk_##FMT##_perturb_z_c(uint16_t *p, const float *z, int64_t n, float s)               \
+    {                                                                                                 \
+        for (int64_t i = 0; i < n; i++) {                                                             \
+            float zq = zk_from_##FMT(zk_to_##FMT(z[i]));                                              \
+            p[i] = zk_to_##FMT(zk_from_##FMT(p[i]) + zk_from_##FMT(zk_to_##FMT(zq * s)));             \
+        }                                                                                             \
+    }                                                                                                 \
+    ZK_API void zk_##FMT##_update_z_c(uint16_t *p, const float *z, int64_t n, float r, float lr, float g) \
+    {                                                                                                 \
+        for (int64_t i = 0; i < n; i++) {                                                             \
+            float zq = zk_from_##FMT(zk_to_##FMT(z[i]));                                              \
+            float q = zk_from_##FMT(p[i]);                                                            \
+            if (r != 0.0f) q = zk_from_##FMT(zk_to_##FMT(q + zk_from_##FMT(zk_to_##FMT(zq * r))));    \
+            float step = zk_from_##FMT(zk_to_##FMT(lr * zk_from_##FMT(zk_to_##FMT(zq * g))));         \
+            p[i] = zk_to_##FMT(q - step);                                                             \
+        }                                                                                             \
+    }
+ZK_HALF_KERNELS(f16)
+ZK_HALF_KERNELS(bf16)
+
+/* float16 with F16C (x86): the same ops, 8 lanes; vcvtps2ph with an explicit round-to-nearest-even
+ * immediate is the IEEE conversion (subnormals, overflow to infinity), so the bits equal the C code's. */
+#ifdef ZK_X86
+#include <cpuid.h>
+ZK_API int zk_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && zk_has_avx2();
+}
+#define ZK_R16(x) _mm256_cvtph_ps(_mm256_cvtps_ph((x), _MM_FROUND_TO_NEAREST_INT))
+__attribute__((target("avx2,f16c"))) ZK_API void zk_f16_perturb_z_avx2(uint16_t *p, const float *z, int64_t n,
+                                                                        float s)
+{
+    int64_t i = 0;
+    const __m256 vs = _mm256_set1_ps(s);
+    for (; i + 8 <= n; i += 8) {
+        __m256 zq = ZK_R16(_mm256_loadu_ps(z + i));
+        __m256 q = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i)));
+        __m256 sum = _mm256_add_ps(q, ZK_R16(_mm256_mul_ps(zq, vs)));
+        _mm_storeu_si128((__m128i *)(p + i), _mm256_cvtps_ph(sum, _MM_FROUND_TO_NEAREST_INT));
+    }
+    zk_f16_perturb_z_c(p + i, z + i, n - i, s);
+}
+__attribute__((target("avx2,f16c"))) ZK_API void zk_f16_update_z_avx2(uint16_t *p, const float *z, int64_t n,
+                                                                       float r, float lr, float g)
+{
+    int64_t i = 0;
+    const __m256 vr = _mm256_set1_ps(r), vl = _mm256_set1_ps(lr), vg = _mm256_set1_ps(g);
+    for (; i + 8 <= n; i += 8) {
+        __m256 zq = ZK_R16(_mm256_loadu_ps(z + i));
+        __m256 q = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i)));
+        if (r != 0.0f) q = ZK_R16(_mm256_add_ps(q, ZK_R16(_mm256_mul_ps(zq, vr))));
+        __m256 step = ZK_R16(_mm256_mul_ps(vl, ZK_R16(_mm256_mul_ps(zq, vg))));
+        _mm_storeu_si128((__m128i *)(p + i), _mm256_cvtps_ph(_mm256_sub_ps(q, step), _MM_FROUND_TO_NEAREST_INT));
+    }
+    zk_f16_update_z_c(p + i, z + i, n - i, r, lr, g);
+}
+#else
+ZK_API int zk_has_f16c(void) { return 0; }
+#endif
+
 /* Raw Philox-4x32-10 of one counter (for known-answer tests). */
 ZK_API void zk_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
 {
