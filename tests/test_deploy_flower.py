@@ -58,10 +58,20 @@ def _replica_digest(grid: LocalGrid, strategy: FedKSeedStrategy, node: int) -> s
     return reply.content["eval"]["replica-digest"]
 
 
+class _ReversedGrid(LocalGrid):
+    """Replies pulled in the reverse of the order they were sent (a SuperLink keeps no order)."""
+
+    def pull_messages(self, message_ids):
+        return list(reversed(list(super().pull_messages(message_ids))))
+
+
 def test_flower_run_equals_the_lightning_run(tiny_model_dir, data_root, tmp_path):
     rc = _run_config(tiny_model_dir, data_root, tmp_path)
-    grid = LocalGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
+    grid = _ReversedGrid(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
     s = _strategy(rc, tmp_path / "run").run(grid)
+    for r in s["per_round"]:  # the per-uplink lists follow uplink_clients, whatever the arrival order
+        assert r["uplink_clients"] == sorted(r["uplink_clients"]) == r["trained"]
+        assert [s["nodes"][str(n)] for n in r["nodes"]] == [c % 3 for c in r["uplink_clients"]]
     expected = golden("fedkseed-pro")
     assert s["global_weights_sha256"] == expected["global_weights_sha256"]
     assert s["train_loss_per_round"] == expected["train_loss_per_round"]
@@ -290,7 +300,7 @@ def test_real_processes_server_restart_node_kill_and_catch_up(name, tiny_model_d
     assert third["trained"] == [c for c in r3 if c % 3 != k] and third["train_wait_s"] < deadline + 10
     back = [c for c in r4 if c % 3 == k]
     assert set(back) <= set(fourth["trained"]) and s["finished"] and s["resumed_at"] == [1, 2, 3]
-    i = fourth["trained"].index(back[0])
+    i = fourth["uplink_clients"].index(back[0])  # nodes, syncs: one entry per uplink, in this order
     # its replica (round 2) replayed round 3's downlink, or (FedIT) downloaded round 3's global state
     assert fourth["syncs"][i] == ("replay" if name == "fedkseed-pro" else "weights")
     old = [int(n) for n, part in s3["nodes"].items() if part == k]  # the id the killed node had

@@ -21,7 +21,7 @@ def round_record(
 ) -> dict:
     """Round `plan.round` on the wire: who trained, who was missing and why, nodes, syncs, bytes.
 
-    `ups`: (node, Flower message bytes, reply) per uplink that arrived; `extra`: the strategy's own
+    `ups`: (node, Flower message bytes, reply) per uplink that arrived, in client order; `extra`: the strategy's own
     (deadline_missed, failed, train_wait_s, round_timeout_s, replica_digest_mismatches, downlinks)."""
     accepted = [a.client for a in outcome.screening.accepted]
     return {
@@ -33,6 +33,7 @@ def round_record(
         "failed": extra.get("failed", []),  # an error reply (e.g. the node is gone)
         "train_wait_s": extra.get("train_wait_s"),
         "round_timeout_s": extra["round_timeout_s"],
+        "uplink_clients": [u.client for *_, u in ups],  # the order of the per-uplink lists below
         "nodes": [int(node) for node, *_ in ups],
         "refused": dict(Counter({"client_error": errors, **outcome.screening.counts()})),
         "syncs": [u.sync.kind for *_, u in ups],

@@ -141,6 +141,7 @@ class FedKSeedStrategy(Strategy):
                 continue
             up = TrainReply.from_values(dict(reply.content["uplink"]))
             ups.append((reply.metadata.src_node_id, flower_bytes(reply), up))
+        ups.sort(key=lambda u: u[2].client)  # client order, whatever order the replies arrived in
         if plan.steps and not ups:
             raise RuntimeError(
                 f"round {server_round}: no uplink within {self.nodes.round_timeout} s ({errors} error "
