@@ -22,7 +22,8 @@ def round_record(
     """Round `plan.round` on the wire: who trained, who was missing and why, nodes, syncs, bytes.
 
     `ups`: (node, Flower message bytes, reply) per uplink that arrived, in client order; `extra`:
-    the strategy's own (deadline_missed, failed, train_wait_s, round_timeout_s, replica_digest_mismatches, downlinks)."""
+    the strategy's own (deadline_missed, failed, train_wait_s, round_timeout_s,
+    replica_digest_mismatches, downlinks)."""
     accepted = [a.client for a in outcome.screening.accepted]
     return {
         "round": plan.round,
