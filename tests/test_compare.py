@@ -202,9 +202,9 @@ def _tiny_grid(tmp_path: Path, model_dir: Path, data_root: Path) -> Path:
     return grid
 
 
-def _compare(grid: Path, out: Path) -> subprocess.Popen:
+def _compare(grid: Path, out: Path, *extra: str) -> subprocess.Popen:
     """`fedkseed compare` in its own process group, so that a kill takes its running cell too."""
-    cmd = [sys.executable, "-m", "kit", "compare", "-c", str(grid), "--out", str(out)]
+    cmd = [sys.executable, "-m", "kit", "compare", "-c", str(grid), "--out", str(out), *extra]
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -249,8 +249,8 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert first.read_bytes() == kept  # not redone
     assert log.count(": done in") == 1
 
-    fresh = _compare(grid, tmp_path / "uninterrupted")
-    assert _finish(fresh) and fresh.returncode == 0
+    fresh = _compare(grid, tmp_path / "uninterrupted", "--jobs", "2")  # both cells at once: same numbers
+    assert "2/2" in _finish(fresh) and fresh.returncode == 0
     a, b = read_csv(out / "comparison.csv"), read_csv(tmp_path / "uninterrupted" / "comparison.csv")
     assert len(a) == 2
     assert [[r[k] for k in DETERMINISTIC] for r in a] == [[r[k] for k in DETERMINISTIC] for r in b]

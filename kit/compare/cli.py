@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", required=True, help="grid YAML (see recipes/compare/)")
     parser.add_argument("--out", required=True, help="output folder: one run directory per cell + tables")
     parser.add_argument("--dry-run", action="store_true", help="print each cell's fit command, run nothing")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="cells run at once (default 1; 4-8 fill a GPU with small models)"
+    )
     parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
     parser.add_argument("--wandb_project", default="fedkseed", help="W&B project")
     one_line_argparse(parser, "fedkseed compare")
@@ -81,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             print(cell.name, "fedkseed fit", " ".join(cell.argv))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    results = run_grid(cells, out)
+    if args.jobs < 1:
+        print(f"fedkseed compare: error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    results = run_grid(cells, out, jobs=args.jobs)
     rows = write_outputs(results, out, title)
     if args.wandb:
         log_wandb(rows, out, title, args.wandb_project)

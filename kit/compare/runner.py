@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,15 @@ def run_cell(cell: Cell, out: Path) -> CellResult:
     return CellResult(cell, run_dir, "done" if ok else "failed", seconds)
 
 
-def run_grid(cells: list[Cell], out: Path, echo=print) -> list[CellResult]:
-    """Run every cell in order; returns one result per cell."""
-    results = []
-    for i, cell in enumerate(cells, 1):
+def run_grid(cells: list[Cell], out: Path, echo=print, jobs: int = 1) -> list[CellResult]:
+    """Run every cell, `jobs` at a time (in grid order); returns one result per cell, in grid order.
+
+    Cells are independent processes, so concurrent cells give the same numbers as one at a time; on one
+    GPU they share it (small models leave it mostly idle between kernel launches)."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+
+    def one(i: int, cell: Cell) -> CellResult:
         echo(f"[compare] {i}/{len(cells)} {cell.name} ...")
         result = run_cell(cell, out)
         note = {"skipped": "finished before, skipped", "done": f"done in {result.seconds:.0f} s"}
@@ -85,5 +91,9 @@ def run_grid(cells: list[Cell], out: Path, echo=print) -> list[CellResult]:
             f"[compare] {i}/{len(cells)} {cell.name}: "
             + note.get(result.status, f"FAILED (see {result.run_dir / 'fit.log'})")
         )
-        results.append(result)
-    return results
+        return result
+
+    if jobs == 1:
+        return [one(i, cell) for i, cell in enumerate(cells, 1)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads wait on the cells' processes
+        return list(pool.map(one, range(1, len(cells) + 1), cells))
