@@ -11,11 +11,13 @@ old code gives the same new values there.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from kit.cli import main
+from kit.metrics_csv import read_rows
 
 from .conftest import fed_args
 
@@ -80,3 +82,12 @@ def test_fedkseed_numbers_are_pinned(method, tiny_model_dir, data_root, tmp_path
     }
     print(json.dumps({method: got}))
     assert got == expected
+    spreads = [
+        float(r["pro/p_max_over_min"]) for r in read_rows(run / "metrics.csv") if r.get("pro/p_max_over_min")
+    ]
+    if method == "fedkseed-pro":  # per round: max p / min p of the probabilities the next round samples by
+        probs = s["pro_probabilities_sorted"]
+        assert spreads == [p[0] / p[-1] for p in probs] and len(spreads) == 2
+        assert all(1 < x <= math.e * (1 + 1e-6) for x in spreads)  # the reference's cap: e ** temperature
+    else:
+        assert spreads == []

