@@ -241,6 +241,11 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
         proc.wait(timeout=30)
     assert not (out / "comparison.csv").exists()
     kept = first.read_bytes()
+    from kit.compare.cli import main as compare_main  # --report: the finished cell's row, nothing run
+
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report"]) == 0
+    assert [r["method"] for r in read_csv(out / "comparison.csv")] == ["fedkseed"]
+    assert first.read_bytes() == kept
 
     again = _compare(grid, out)
     log = _finish(again)

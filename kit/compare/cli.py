@@ -3,6 +3,7 @@
     fedkseed compare -c recipes/compare/smoke.yaml --out runs/compare-smoke
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --dry-run   # list the cells
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --wandb      # + W&B
+    fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --report     # tables only
 
 Writes `DIR/comparison.csv` (a row per run), `DIR/comparison.md` (per method: mean ± std over seeds),
 `DIR/comparison.png` (Rouge-L against total bytes), and the learning curves `DIR/curves.csv` and
@@ -20,7 +21,7 @@ from pathlib import Path
 from kit.cli_errors import one_line_argparse
 from kit.compare.curves import mean_curves, plot_curves, run_curve, write_curves_csv
 from kit.compare.grid import GridError, load_grid
-from kit.compare.runner import run_grid
+from kit.compare.runner import CellResult, is_finished, run_grid
 from kit.compare.table import markdown, plot, run_row, summarise, write_csv
 
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder: one run directory per cell + tables")
     parser.add_argument("--dry-run", action="store_true", help="print each cell's fit command, run nothing")
     parser.add_argument(
+        "--report", action="store_true", help="tables and curves of the cells finished so far; run nothing"
+    )
+    parser.add_argument(
         "--jobs", type=int, default=1, help="cells run at once (default 1; 4-8 fill a GPU with small models)"
     )
     parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
@@ -87,13 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print(f"fedkseed compare: error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
-    results = run_grid(cells, out, jobs=args.jobs)
+    if args.report:
+        results = [
+            CellResult(c, out / c.name, "skipped" if is_finished(out / c.name) else "failed") for c in cells
+        ]
+    else:
+        results = run_grid(cells, out, jobs=args.jobs)
     rows = write_outputs(results, out, title)
     if args.wandb:
         log_wandb(rows, out, title, args.wandb_project)
     print(f"[compare] {out / 'comparison.md'}\n" + (out / "comparison.md").read_text())
     failed = [r.cell.name for r in results if r.status == "failed"]
-    if failed:
+    if failed and args.report:
+        print(
+            f"[compare] {len(failed)} cell(s) not finished (left out): {', '.join(failed)}", file=sys.stderr
+        )
+    elif failed:
         print(
             f"[compare] {len(failed)} cell(s) failed, see their fit.log: {', '.join(failed)}", file=sys.stderr
         )
