@@ -1,0 +1,134 @@
+"""Run the evidence grids of docs/results.md: FedKSeed's lr sweep first, then every method and the K sweep
+at the chosen lr, under one wall-clock deadline; then the tables, curves and the four figures.
+
+    FEDKSEED_DATA_ROOT=../shared/data .venv/bin/python scripts/evidence.py --out runs/evidence --jobs 8
+    .venv/bin/python scripts/evidence.py --out runs/evidence --figures-only   # figures from finished cells
+
+The lr: the sweep's (recipes/compare/evidence-lr.yaml) lowest eval loss at the last round that every
+finished-or-running cell reached (a diverged cell, NaN or rising above its start, never wins). It is
+written into `OUT/scenario.yaml` (the scenario with that `model.lr`); the other grids run on that copy.
+Run again to go on: finished cells are kept (`fedkseed compare` skips them), unfinished ones resume.
+`--extra` arguments go to every cell (e.g. `--trainer.accelerator gpu`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kit.metrics_csv import read_rows  # noqa: E402
+
+SCENARIO = REPO / "recipes" / "evidence-dolly-smollm2.yaml"
+GRIDS = {name: REPO / "recipes" / "compare" / f"evidence-{name}.yaml" for name in ("lr", "methods", "k")}
+
+
+def derived_grid(name: str, out: Path, scenario: Path, extra: list[str]) -> Path:
+    """`OUT/<name>.grid.yaml`: the shipped grid on `scenario`, `extra` appended to its arguments."""
+    spec = yaml.safe_load(GRIDS[name].read_text())
+    spec["scenarios"] = {key: [str(scenario)] for key in spec["scenarios"]}
+    spec["args"] = [*spec.get("args", []), *extra]
+    spec["method_recipes"] = str(REPO / "recipes" / "methods")
+    path = out / f"{name}.grid.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def compare(grid: Path, out: Path, jobs: int, report: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "kit", "compare", "-c", str(grid), "--out", str(out), "--jobs", str(jobs)]
+    log = open(out.with_suffix(".log"), "ab")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [*cmd, *(["--report"] if report else [])], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_all(procs: list[subprocess.Popen], deadline: float) -> None:
+    """Wait for `procs`; at `deadline` kill each with its cells (a killed cell resumes next time)."""
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(2)
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def eval_curve(run_dir: Path) -> dict[int, float]:
+    """round -> eval loss, from the run's metrics.csv (empty when it has none yet)."""
+    try:
+        rows = read_rows(run_dir / "metrics.csv")
+    except (OSError, ValueError):
+        return {}
+    return {int(r["round"]): float(r["eval/loss"]) for r in rows if r.get("eval/loss")}
+
+
+def choose_lr(sweep: Path, variants: dict[str, list[str]]) -> tuple[float, dict]:
+    """The variant lr with the lowest eval loss at the last round all cells reached; and the table."""
+    curves = {}
+    for name, args in variants.items():
+        lr = float(args[args.index("--model.lr") + 1])
+        runs = list((sweep / f"dolly@{name}").glob("*/seed*"))
+        curves[lr] = eval_curve(runs[0]) if runs else {}
+    reached = [max(c) for c in curves.values() if c]
+    if not reached:
+        raise SystemExit(f"no sweep cell measured an eval loss: see {sweep}/*/*/*/fit.log")
+    at = min(reached)
+
+    def score(c: dict[int, float]) -> float:
+        loss = c.get(at, math.nan)
+        return math.inf if not math.isfinite(loss) or loss > c.get(0, math.inf) else loss
+
+    best = min((lr for lr, c in curves.items() if c), key=lambda lr: score(curves[lr]))
+    table = {"compared_at_round": at, "eval_loss": {str(lr): c for lr, c in curves.items()}, "chosen": best}
+    return best, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=4, help="cells at once, over all grids")
+    parser.add_argument("--deadline-s", type=float, default=math.inf, help="stop (and keep) everything then")
+    parser.add_argument("--sweep-s", type=float, default=math.inf, help="at most this long for the lr sweep")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="arguments for every cell")
+    parser.add_argument("--figures-only", action="store_true")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    end = time.monotonic() + args.deadline_s
+    t0 = time.monotonic()
+    if not args.figures_only:
+        grid = derived_grid("lr", out, SCENARIO, args.extra)
+        wait_all([compare(grid, out / "lr", args.jobs)], min(end, time.monotonic() + args.sweep_s))
+        variants = yaml.safe_load(GRIDS["lr"].read_text())["variants"]
+        lr, table = choose_lr(out / "lr", variants)
+        (out / "lr.json").write_text(json.dumps(table, indent=1))
+        scenario = yaml.safe_load(SCENARIO.read_text())
+        scenario["model"]["lr"] = lr
+        (out / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
+        print(f"[evidence] lr {lr} (sweep {time.monotonic() - t0:.0f} s): {out / 'lr.json'}", flush=True)
+        methods = derived_grid("methods", out, out / "scenario.yaml", args.extra)
+        ks = derived_grid("k", out, out / "scenario.yaml", args.extra)
+        k_jobs = max(1, args.jobs // 3)
+        wait_all([compare(methods, out / "methods", args.jobs - k_jobs), compare(ks, out / "k", k_jobs)], end)
+    for name in ("lr", "methods", "k"):  # tables and curves of what finished
+        grid = out / f"{name}.grid.yaml"
+        if grid.is_file():
+            wait_all([compare(grid, out / name, 1, report=True)], math.inf)
+    from evidence_figures import make_figures
+
+    make_figures(out, out / "figures")
+    print(f"[evidence] done in {time.monotonic() - t0:.0f} s: {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The four figures of docs/results.md and their numbers, from the evidence grids' run directories.
+
+    .venv/bin/python scripts/evidence_figures.py docs/results/evidence          # the committed runs
+    .venv/bin/python scripts/evidence_figures.py runs/evidence                  # a fresh scripts/evidence.py
+
+Reads `ROOT/methods/**` and `ROOT/k/**` (each run's summary.json and metrics.csv; finished runs only) and
+writes `ROOT/figures/fig{1..4}-*.png` and `ROOT/figures/numbers.json` (every value the text quotes).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kit.compare.curves import draw_curves, mean_curves, run_curve  # noqa: E402
+from kit.compare.table import mean_std  # noqa: E402
+from kit.metrics_csv import read_rows  # noqa: E402
+
+METHODS_ORDER = ["fedkseed", "fedkseed-pro", "fedzo", "fedit", "fedit-sgd", "fedavg", "fedprompt", "fedptuning"]
+
+
+def finished_runs(grid_dir: Path) -> list[tuple[str, str, int, Path]]:
+    """(scenario, method, seed, run dir) of every finished run under `grid_dir` (scenario/method/seedN)."""
+    runs = []
+    for summary in sorted(grid_dir.glob("*/*/seed*/summary.json")):
+        if json.loads(summary.read_text()).get("finished"):
+            run = summary.parent
+            runs.append((run.parent.parent.name, run.parent.name, int(run.name[4:]), run))
+    return runs
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _final(runs, key: str) -> dict[str, tuple[float | None, float | None, int]]:
+    """Per method: mean, std and count over seeds of summary.json's `key` (a dict: mean over suites)."""
+    values: dict[str, list[float]] = {}
+    for _, method, _, run in runs:
+        v = json.loads((run / "summary.json").read_text()).get(key)
+        if isinstance(v, dict):
+            v = statistics.fmean(v.values()) if v else None
+        if v is not None:
+            values.setdefault(method, []).append(float(v))
+    return {m: (*mean_std(v), len(v)) for m, v in values.items()}
+
+
+def make_figures(root: Path, out: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = finished_runs(root / "methods")
+    curves = mean_curves([run_curve(*r) for r in methods])
+    numbers: dict = {"runs": {m: sum(1 for r in methods if r[1] == m) for m in METHODS_ORDER}}
+
+    def curve_rows(keep: set[str]) -> list[dict]:
+        return [r for r in curves if r["method"] in keep]
+
+    # 1: a finite pool follows FedZO (eval loss against rounds and bytes)
+    if curve_rows({"fedkseed", "fedzo"}):
+        _save(draw_curves(curve_rows({"fedkseed", "fedzo"}), "Figure 1: FedKSeed vs FedZO"), out / "fig1-pool.png")
+    # 3: Pro vs FedKSeed, and Pro's probability spread per round
+    if curve_rows({"fedkseed", "fedkseed-pro"}):
+        rows = curve_rows({"fedkseed", "fedkseed-pro"})
+        _save(draw_curves(rows, "Figure 3: FedKSeed-Pro vs FedKSeed"), out / "fig3-pro.png")
+    spread: dict[int, list[float]] = {}
+    for _, method, _, run in methods:
+        if method == "fedkseed-pro":
+            for row in read_rows(run / "metrics.csv"):
+                if row.get("pro/p_max_over_min"):
+                    spread.setdefault(int(float(row["round"])), []).append(float(row["pro/p_max_over_min"]))
+    numbers["pro_p_max_over_min"] = {r: mean_std(v) for r, v in sorted(spread.items())}
+    # 4: every method at equal rounds: final eval loss, Rouge-L (both scorers) against total bytes
+    numbers["final"] = {
+        key: _final(methods, key)
+        for key in ("eval_loss_before", "eval_loss_after", "rougeL", "rougeL_paper", "total_bytes")
+    }
+    if methods:
+        fig, (ax_loss, ax_rouge) = plt.subplots(1, 2, figsize=(13, 4.5))
+        after, total, rouge = (numbers["final"][k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper"))
+        shown = [m for m in METHODS_ORDER if m in after]
+        ax_loss.bar(shown, [after[m][0] for m in shown], yerr=[after[m][1] or 0 for m in shown], capsize=3)
+        before = numbers["final"]["eval_loss_before"]
+        if before:
+            ax_loss.axhline(statistics.fmean(v[0] for v in before.values()), color="k", ls="--", label="base")
+            ax_loss.legend()
+        low = min(after[m][0] - (after[m][1] or 0) for m in shown)
+        ax_loss.set(title="eval loss after the last round (mean ± std)", ylim=(low - 0.05, None))
+        ax_loss.tick_params(axis="x", rotation=30)
+        for m in (m for m in shown if m in rouge and m in total):
+            ax_rouge.errorbar(total[m][0], rouge[m][0], yerr=rouge[m][1] or 0, fmt="o", capsize=3, label=m)
+        ax_rouge.set(
+            title="Rouge-L (paper scorer) against bytes", xscale="log", xlabel="total bytes", ylabel="Rouge-L"
+        )
+        if ax_rouge.lines:
+            ax_rouge.legend(fontsize=8)
+        fig.suptitle("Figure 4: every method at equal rounds (first-order: one local epoch)")
+        fig.tight_layout()
+        _save(fig, out / "fig4-methods.png")
+        _save(draw_curves(curves, "Figure 4b: eval loss curves of every method"), out / "fig4-curves.png")
+    # 2: K sweep (K = 1024 is the methods grid's FedKSeed)
+    ks = finished_runs(root / "k")
+    per_k: dict[int, list[float]] = {}
+    for _, _, _, run in [*ks, *(r for r in methods if r[1] == "fedkseed")]:
+        s = json.loads((run / "summary.json").read_text())
+        per_k.setdefault(int(s["K"]), []).append(float(s["eval_loss_after"]))
+    numbers["k_sweep_eval_loss_after"] = {k: (*mean_std(v), len(v)) for k, v in sorted(per_k.items())}
+    if per_k:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        xs = sorted(per_k)
+        ms = [mean_std(per_k[k]) for k in xs]
+        ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0 for _, s in ms], fmt="o-", capsize=3)
+        ax.set(xscale="log", xlabel="K (seed pool size)", ylabel="eval loss after the last round")
+        ax.set_xticks(xs, [str(k) for k in xs])
+        ax.set_title("Figure 2: FedKSeed's K (mean ± std over seeds)")
+        fig.tight_layout()
+        _save(fig, out / "fig2-k.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "numbers.json").write_text(json.dumps(numbers, indent=1, default=str))
+    return numbers
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    print(json.dumps(make_figures(root, root / "figures"), indent=1, default=str))
