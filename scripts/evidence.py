@@ -2,6 +2,7 @@
 at the chosen lr, under one wall-clock deadline; then the tables, curves and the four figures.
 
     FEDKSEED_DATA_ROOT=../shared/data .venv/bin/python scripts/evidence.py --out runs/evidence --jobs 8
+    FEDKSEED_DATA_ROOT=../shared/data .venv/bin/python scripts/evidence.py --scale cpu --out runs/evidence-cpu --jobs 2
     .venv/bin/python scripts/evidence.py --out runs/evidence --figures-only   # figures from finished cells
 
 The lr: the sweep's (recipes/compare/evidence-lr.yaml) lowest eval loss at the last round that every
@@ -31,12 +32,16 @@ sys.path.insert(0, str(REPO))
 from kit.metrics_csv import read_rows  # noqa: E402
 
 SCENARIO = REPO / "recipes" / "evidence-dolly-smollm2.yaml"
-GRIDS = {name: REPO / "recipes" / "compare" / f"evidence-{name}.yaml" for name in ("lr", "methods", "k")}
+SCALES = {"gpu": "evidence", "cpu": "evidence-cpu"}  # the grids: recipes/compare/<prefix>-{lr,methods,k}.yaml
 
 
-def derived_grid(name: str, out: Path, scenario: Path, extra: list[str]) -> Path:
+def grid_file(scale: str, name: str) -> Path:
+    return REPO / "recipes" / "compare" / f"{SCALES[scale]}-{name}.yaml"
+
+
+def derived_grid(scale: str, name: str, out: Path, scenario: Path, extra: list[str]) -> Path:
     """`OUT/<name>.grid.yaml`: the shipped grid on `scenario`, `extra` appended to its arguments."""
-    spec = yaml.safe_load(GRIDS[name].read_text())
+    spec = yaml.safe_load(grid_file(scale, name).read_text())
     spec["scenarios"] = {key: [str(scenario)] for key in spec["scenarios"]}
     spec["args"] = [*spec.get("args", []), *extra]
     spec["method_recipes"] = str(REPO / "recipes" / "methods")
@@ -49,7 +54,10 @@ def compare(grid: Path, out: Path, jobs: int, report: bool = False) -> subproces
     cmd = [sys.executable, "-m", "kit", "compare", "-c", str(grid), "--out", str(out), "--jobs", str(jobs)]
     log = open(out.with_suffix(".log"), "ab")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
-        [*cmd, *(["--report"] if report else [])], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [*cmd, *(["--report"] if report else [])],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -96,6 +104,7 @@ def choose_lr(sweep: Path, variants: dict[str, list[str]]) -> tuple[float, dict]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scale", choices=list(SCALES), default="gpu", help="which grids (see SCALES)")
     parser.add_argument("--jobs", type=int, default=4, help="cells at once, over all grids")
     parser.add_argument("--deadline-s", type=float, default=math.inf, help="stop (and keep) everything then")
     parser.add_argument("--sweep-s", type=float, default=math.inf, help="at most this long for the lr sweep")
@@ -107,19 +116,25 @@ def main() -> None:
     end = time.monotonic() + args.deadline_s
     t0 = time.monotonic()
     if not args.figures_only:
-        grid = derived_grid("lr", out, SCENARIO, args.extra)
+        grid = derived_grid(args.scale, "lr", out, SCENARIO, args.extra)
         wait_all([compare(grid, out / "lr", args.jobs)], min(end, time.monotonic() + args.sweep_s))
-        variants = yaml.safe_load(GRIDS["lr"].read_text())["variants"]
+        variants = yaml.safe_load(grid_file(args.scale, "lr").read_text())["variants"]
         lr, table = choose_lr(out / "lr", variants)
         (out / "lr.json").write_text(json.dumps(table, indent=1))
         scenario = yaml.safe_load(SCENARIO.read_text())
         scenario["model"]["lr"] = lr
         (out / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
         print(f"[evidence] lr {lr} (sweep {time.monotonic() - t0:.0f} s): {out / 'lr.json'}", flush=True)
-        methods = derived_grid("methods", out, out / "scenario.yaml", args.extra)
-        ks = derived_grid("k", out, out / "scenario.yaml", args.extra)
-        k_jobs = max(1, args.jobs // 3)
-        wait_all([compare(methods, out / "methods", args.jobs - k_jobs), compare(ks, out / "k", k_jobs)], end)
+        methods = derived_grid(args.scale, "methods", out, out / "scenario.yaml", args.extra)
+        ks = derived_grid(args.scale, "k", out, out / "scenario.yaml", args.extra)
+        if args.jobs < 3:  # few cores: the methods first, then K
+            wait_all([compare(methods, out / "methods", args.jobs)], end)
+            wait_all([compare(ks, out / "k", args.jobs)], end)
+        else:
+            k_jobs = args.jobs // 3
+            wait_all(
+                [compare(methods, out / "methods", args.jobs - k_jobs), compare(ks, out / "k", k_jobs)], end
+            )
     for name in ("lr", "methods", "k"):  # tables and curves of what finished
         grid = out / f"{name}.grid.yaml"
         if grid.is_file():

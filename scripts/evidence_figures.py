@@ -21,7 +21,16 @@ from kit.compare.curves import draw_curves, mean_curves, run_curve  # noqa: E402
 from kit.compare.table import mean_std  # noqa: E402
 from kit.metrics_csv import read_rows  # noqa: E402
 
-METHODS_ORDER = ["fedkseed", "fedkseed-pro", "fedzo", "fedit", "fedit-sgd", "fedavg", "fedprompt", "fedptuning"]
+METHODS_ORDER = [
+    "fedkseed",
+    "fedkseed-pro",
+    "fedzo",
+    "fedit",
+    "fedit-sgd",
+    "fedavg",
+    "fedprompt",
+    "fedptuning",
+]
 
 
 def finished_runs(grid_dir: Path) -> list[tuple[str, str, int, Path]]:
@@ -69,7 +78,10 @@ def make_figures(root: Path, out: Path) -> dict:
 
     # 1: a finite pool follows FedZO (eval loss against rounds and bytes)
     if curve_rows({"fedkseed", "fedzo"}):
-        _save(draw_curves(curve_rows({"fedkseed", "fedzo"}), "Figure 1: FedKSeed vs FedZO"), out / "fig1-pool.png")
+        _save(
+            draw_curves(curve_rows({"fedkseed", "fedzo"}), "Figure 1: FedKSeed vs FedZO"),
+            out / "fig1-pool.png",
+        )
     # 3: Pro vs FedKSeed, and Pro's probability spread per round
     if curve_rows({"fedkseed", "fedkseed-pro"}):
         rows = curve_rows({"fedkseed", "fedkseed-pro"})
@@ -88,7 +100,9 @@ def make_figures(root: Path, out: Path) -> dict:
     }
     if methods:
         fig, (ax_loss, ax_rouge) = plt.subplots(1, 2, figsize=(13, 4.5))
-        after, total, rouge = (numbers["final"][k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper"))
+        after, total, rouge = (
+            numbers["final"][k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper")
+        )
         shown = [m for m in METHODS_ORDER if m in after]
         ax_loss.bar(shown, [after[m][0] for m in shown], yerr=[after[m][1] or 0 for m in shown], capsize=3)
         before = numbers["final"]["eval_loss_before"]

@@ -190,7 +190,7 @@ def plot(summary: Sequence[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = list(dict.fromkeys(s["scenario"] for s in summary))
+    scenarios = list(dict.fromkeys(s["scenario"] for s in summary)) or ["no finished run yet"]
     fig, axes = plt.subplots(1, len(scenarios), figsize=(6.5 * len(scenarios), 4.5), squeeze=False)
     markers = "osD^vP*Xh<>"
     methods = list(dict.fromkeys(s["method"] for s in summary))
@@ -215,7 +215,8 @@ def plot(summary: Sequence[dict], path: Path, title: str) -> None:
         ax.set_ylabel("Rouge-L (0-100)")
         ax.set_title(scenario)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
