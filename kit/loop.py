@@ -63,6 +63,8 @@ class FederatedLoop(pl.Callback):
         eval_batch_size: batch size of the eval-loss passes.
         rouge_every: zero-shot Rouge-L every n rounds (0: only after the last round, if `rouge_at_end`).
         rouge_at_end: zero-shot Rouge-L of the final global model (greedy, 128 new tokens).
+        rouge_at_start: also of the base model before training, on the same examples (the headline's
+            before / after).
         rouge_suites: suites for Rouge-L, "ni" and/or "dolly" (default: the run's own dataset).
         rouge_limit: at most this many examples per suite (default: the whole held-out set of the
             run's data config: NI samples max(20, 2%) per test task, Dolly `--data.eval_size` of the
@@ -102,6 +104,7 @@ class FederatedLoop(pl.Callback):
         eval_batch_size: int = 8,
         rouge_every: int = 0,
         rouge_at_end: bool = True,
+        rouge_at_start: bool = False,
         rouge_suites: list[str] | None = None,
         rouge_limit: int | None = None,
         snapshot: Literal["auto", "memory", "disk"] = "auto",
@@ -170,7 +173,10 @@ class FederatedLoop(pl.Callback):
                     logger.resume(self.run.rounds_done)
         elif recorded is None and reporter.eval_loss_before is None:
             reporter.eval_loss_before = evaluation.eval_loss(trainer, pl_module, self.eval.eval_batch_size)
-            reporter.log(trainer, {"eval/loss": reporter.eval_loss_before}, step=0)
+            before = {"eval/loss": reporter.eval_loss_before}
+            if self.eval.rouge_at_start:
+                before.update(self._rouge(trainer, pl_module, 0))
+            reporter.log(trainer, before, step=0)
             self.watch.reference = reporter.eval_loss_before
         self._snapshot.save()
         self._plan_round(trainer, self.run.rounds_done + 1)
@@ -244,12 +250,7 @@ class FederatedLoop(pl.Callback):
         if ev.loss_due(rnd, trainer.max_epochs):
             metrics["eval/loss"] = evaluation.eval_loss(trainer, pl_module, ev.eval_batch_size)
         if ev.rouge_due(rnd, trainer.max_epochs):
-            out_dir = self.run_dir / "eval" / f"round_{rnd}"
-            suites, limit = ev.rouge_suites, ev.rouge_limit
-            scores = evaluation.rouge(trainer, pl_module, suites, limit, out_dir, self.progress)
-            if scores:
-                metrics.update(run.reporter.record_rouge(rnd, scores))
-                log_rouge_tables(trainer, scores, out_dir)
+            metrics.update(self._rouge(trainer, pl_module, rnd))
         run.finish_metrics(metrics, results, outcome)
         self._watch(trainer, rnd, metrics)
         run.reporter.log(trainer, metrics, step=rnd)
@@ -261,6 +262,16 @@ class FederatedLoop(pl.Callback):
                 self._bar.set_postfix(**losses, eval_loss=f"{run.reporter.last_eval_loss():.4f}")
             self.write_summary(trainer)
         self._plan_round(trainer, rnd + 1)
+
+    def _rouge(self, trainer: pl.Trainer, pl_module, rnd: int) -> dict[str, float]:
+        """Zero-shot Rouge-L of the global model after round `rnd` (0: the base model), recorded."""
+        out_dir = self.run_dir / "eval" / f"round_{rnd}"
+        ev = self.eval
+        scores = evaluation.rouge(trainer, pl_module, ev.rouge_suites, ev.rouge_limit, out_dir, self.progress)
+        if not scores:
+            return {}
+        log_rouge_tables(trainer, scores, out_dir)
+        return self.run.reporter.record_rouge(rnd, scores)
 
     def _watch(self, trainer: pl.Trainer, rnd: int, metrics: dict) -> None:
         """Collapse detection on the round's losses: one warning line each; stop if asked."""

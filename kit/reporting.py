@@ -83,15 +83,18 @@ class RunReporter:
         }
 
     def record_rouge(self, server_round: int, results: dict[str, dict]) -> dict[str, float]:
-        """Keep the round's Rouge-L per suite (both scorers); returns the logger metrics."""
-        self.rouge = {name: r["rougeL"] for name, r in results.items()}
+        """Keep the round's Rouge-L per suite (both scorers; round 0: the base model's, kept apart from
+        the trained model's); returns the logger metrics."""
+        rouge = {name: r["rougeL"] for name, r in results.items()}
         keys = ("rougeL_paper", "rougeL_paper_recursion_errors")
-        self.rouge_paper = {name: {k: r[k] for k in keys} for name, r in results.items()}
+        if server_round > 0:
+            self.rouge = rouge
+            self.rouge_paper = {name: {k: r[k] for k in keys} for name, r in results.items()}
         paper = {name: r["rougeL_paper"] for name, r in results.items()}
-        self.history["rougeL"].append({"round": server_round, **self.rouge})
+        self.history["rougeL"].append({"round": server_round, **rouge})
         self.history["rougeL_paper"].append({"round": server_round, **paper})
         return {
-            **{f"eval/rougeL_{name}": score for name, score in self.rouge.items()},
+            **{f"eval/rougeL_{name}": score for name, score in rouge.items()},
             **{f"eval/rougeL_paper_{name}": score for name, score in paper.items()},
         }
 
@@ -142,6 +145,8 @@ class RunReporter:
                 k: v["rougeL_paper_recursion_errors"] for k, v in self.rouge_paper.items()
             }
             or None,
+            "rougeL_before": _round_zero(h["rougeL"]),
+            "rougeL_paper_before": _round_zero(h["rougeL_paper"]),
             "rougeL_per_round": h["rougeL"],
             "rougeL_paper_per_round": h["rougeL_paper"],
             "wall_time_s": time.perf_counter() - self.t0,
@@ -199,12 +204,20 @@ HEADLINE = (
     "downlink_bytes_per_round",
     "eval_loss_before",
     "eval_loss_after",
+    "rougeL_before",
     "rougeL",
+    "rougeL_paper_before",
     "rougeL_paper",
     "wall_time_s",
 )
 
 
+def _round_zero(per_round: list[dict]) -> dict | None:
+    """The base model's scores per suite (the entry of round 0), or None when not measured."""
+    return next(({k: v for k, v in r.items() if k != "round"} for r in per_round if r["round"] == 0), None)
+
+
 def headline(summary: dict) -> dict:
-    """The few figures printed at the end of a run."""
-    return {k: summary.get(k) for k in HEADLINE}
+    """The few figures printed at the end of a run (the base model's Rouge-L where it was measured)."""
+    shown = (k for k in HEADLINE if summary.get(k) is not None or not k.endswith("_before"))
+    return {k: summary.get(k) for k in shown}

@@ -30,3 +30,15 @@ def test_quickstart_recipe_runs_a_real_round(data_root, tmp_path):
     generations = run / "eval" / "round_1" / "generations_dolly.jsonl"
     assert len(generations.read_text().splitlines()) == 2
     assert s["rougeL"]["dolly"] == pytest.approx(rouge_from_generations(generations), rel=1e-12, abs=1e-12)
+    # the recipe's rouge_at_start: the base model scored on the same examples before training
+    base = run / "eval" / "round_0" / "generations_dolly.jsonl"
+    same = [
+        {k: v for k, v in json.loads(x).items() if k != "prediction"} for x in base.read_text().splitlines()
+    ]
+    tuned = [
+        {k: v for k, v in json.loads(x).items() if k != "prediction"}
+        for x in generations.read_text().splitlines()
+    ]
+    assert same == tuned and len(same) == 2
+    assert s["rougeL_before"]["dolly"] == pytest.approx(rouge_from_generations(base), rel=1e-12, abs=1e-12)
+    assert [r["round"] for r in s["rougeL_per_round"]] == [0, 1]

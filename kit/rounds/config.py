@@ -33,6 +33,8 @@ class EvalConfig:
     """zero-shot Rouge-L every n rounds (0: only after the last round, if `rouge_at_end`)."""
     rouge_at_end: bool = True
     """zero-shot Rouge-L of the final global model (greedy, 128 new tokens)."""
+    rouge_at_start: bool = False
+    """also of the base model before training, on the same examples (`rougeL_before` in summary.json)."""
     rouge_suites: list[str] | None = None
     """suites for Rouge-L, "ni" and/or "dolly" (default: the run's own dataset)."""
     rouge_limit: int | None = None
