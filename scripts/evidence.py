@@ -1,8 +1,9 @@
 """Run the evidence grids of docs/results.md: FedKSeed's lr sweep first, then every method and the K sweep
 at the chosen lr, under one wall-clock deadline; then the tables, curves and the four figures.
 
-    FEDKSEED_DATA_ROOT=../shared/data .venv/bin/python scripts/evidence.py --out runs/evidence --jobs 8
-    FEDKSEED_DATA_ROOT=../shared/data .venv/bin/python scripts/evidence.py --scale cpu --out runs/evidence-cpu --jobs 2
+    export FEDKSEED_DATA_ROOT=../shared/data
+    .venv/bin/python scripts/evidence.py --out runs/evidence --jobs 8                     # one GPU
+    .venv/bin/python scripts/evidence.py --scale cpu --out runs/evidence-cpu --jobs 2     # a 2-core CPU
     .venv/bin/python scripts/evidence.py --out runs/evidence --figures-only   # figures from finished cells
 
 The lr: the sweep's (recipes/compare/evidence-lr.yaml) lowest eval loss at the last round that every
