@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4, help="cells at once, over all grids")
     parser.add_argument("--deadline-s", type=float, default=math.inf, help="stop (and keep) everything then")
     parser.add_argument("--sweep-s", type=float, default=math.inf, help="at most this long for the lr sweep")
+    parser.add_argument("--lr", type=float, default=None, help="this lr, no sweep (e.g. a longer sweep's)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="arguments for every cell")
     parser.add_argument("--figures-only", action="store_true")
     args = parser.parse_args()
@@ -117,10 +118,13 @@ def main() -> None:
     end = time.monotonic() + args.deadline_s
     t0 = time.monotonic()
     if not args.figures_only:
-        grid = derived_grid(args.scale, "lr", out, SCENARIO, args.extra)
-        wait_all([compare(grid, out / "lr", args.jobs)], min(end, time.monotonic() + args.sweep_s))
-        variants = yaml.safe_load(grid_file(args.scale, "lr").read_text())["variants"]
-        lr, table = choose_lr(out / "lr", variants)
+        if args.lr is None:
+            grid = derived_grid(args.scale, "lr", out, SCENARIO, args.extra)
+            wait_all([compare(grid, out / "lr", args.jobs)], min(end, time.monotonic() + args.sweep_s))
+            variants = yaml.safe_load(grid_file(args.scale, "lr").read_text())["variants"]
+            lr, table = choose_lr(out / "lr", variants)
+        else:
+            lr, table = args.lr, {"chosen": args.lr, "given": True}
         (out / "lr.json").write_text(json.dumps(table, indent=1))
         scenario = yaml.safe_load(SCENARIO.read_text())
         scenario["model"]["lr"] = lr
