@@ -81,8 +81,9 @@ def eval_curve(run_dir: Path) -> dict[int, float]:
     return {int(r["round"]): float(r["eval/loss"]) for r in rows if r.get("eval/loss")}
 
 
-def choose_lr(sweep: Path, variants: dict[str, list[str]]) -> tuple[float, dict]:
-    """The variant lr with the lowest eval loss at the last round all cells reached; and the table."""
+def choose_lr(sweep: Path, variants: dict[str, list[str]], default: float) -> tuple[float, dict]:
+    """The variant lr with the lowest eval loss at the last round all cells reached, and the table;
+    `default` (the scenario's) when no round after 0 was reached by every cell (nothing to compare)."""
     curves = {}
     for name, args in variants.items():
         lr = float(args[args.index("--model.lr") + 1])
@@ -92,6 +93,8 @@ def choose_lr(sweep: Path, variants: dict[str, list[str]]) -> tuple[float, dict]
     if not reached:
         raise SystemExit(f"no sweep cell measured an eval loss: see {sweep}/*/*/*/fit.log")
     at = min(reached)
+    if at == 0:
+        return default, {"compared_at_round": 0, "chosen": default, "fallback": "the scenario's lr"}
 
     def score(c: dict[int, float]) -> float:
         loss = c.get(at, math.nan)
@@ -122,7 +125,8 @@ def main() -> None:
             grid = derived_grid(args.scale, "lr", out, SCENARIO, args.extra)
             wait_all([compare(grid, out / "lr", args.jobs)], min(end, time.monotonic() + args.sweep_s))
             variants = yaml.safe_load(grid_file(args.scale, "lr").read_text())["variants"]
-            lr, table = choose_lr(out / "lr", variants)
+            default = float(yaml.safe_load(SCENARIO.read_text())["model"]["lr"])
+            lr, table = choose_lr(out / "lr", variants, default)
         else:
             lr, table = args.lr, {"chosen": args.lr, "given": True}
         (out / "lr.json").write_text(json.dumps(table, indent=1))
