@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .conftest import REPO
 
-VARIANTS = {"lr1e-4": ["--model.lr", "1e-4"], "lr3e-5": ["--model.lr", "3e-5"], "lr1e-5": ["--model.lr", "1e-5"]}
+VARIANTS = {f"lr{v}": ["--model.lr", v] for v in ("1e-4", "3e-5", "1e-5")}
 
 
 def _evidence():
