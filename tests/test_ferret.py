@@ -88,7 +88,8 @@ def test_projection_is_the_authors_formula_on_an_explicit_basis_matrix():
         assert len(msg.indices[b]) == n and len(set(msg.indices[b].tolist())) == n
         basis = np.stack([_basis(method, b, int(j)) for j in msg.indices[b]])  # n x d_b
         expected = (block_delta.size / n) * (basis @ block_delta)  # coordinate *= group_size / n
-        np.testing.assert_allclose(msg.values[b], expected, rtol=1e-5, atol=1e-9)
+        # float32 products (the kit's dot): agreement to float32 rounding of the block's largest term
+        np.testing.assert_allclose(msg.values[b], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
     assert max(len(i) for i in msg.indices) == 16  # the block of the largest update takes all K seeds
 
 

@@ -56,7 +56,8 @@ from kit.zo.seeding import mix
 BLOCK_MEDIAN_FRACTION = 0.9  # ferret_optimizer.py _group_parameters: int(0.9 * median(numel))
 MAX_UPDATE_NORM = 10.0  # ferret_optimizer.py FerretFramework.update(max_norm=10)
 MIN_MAX_NORM = 1e-8  # ferret_optimizer.py project_update: max_delta_norm starts at 1e-8
-_CHUNK = 1 << 22  # float64 reductions in slices of this many elements (bounded scratch memory)
+_CHUNK = 1 << 22  # dot products in slices of this many elements (bounded scratch memory)
+_ROW = 1024
 
 
 # -- the math, in pure functions ------------------------------------------------------------------
@@ -114,12 +115,19 @@ def clipped_coefficient(g: float, sigma: float, z_norm: float, max_norm: float =
     return g * sigma * (scale if scale < 1.0 else 1.0)
 
 
-def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> of two float32 tensors: float32 products summed in rows of 1024 (a fixed order whatever the
+    thread count), the row sums added in float64; in slices, so the scratch memory stays bounded."""
     a, b = a.reshape(-1), b.reshape(-1)
-    return sum(
-        float(torch.dot(a[i : i + _CHUNK].double(), b[i : i + _CHUNK].double()))
-        for i in range(0, a.numel(), _CHUNK)
-    )
+    total = 0.0
+    for i in range(0, a.numel(), _CHUNK):
+        x, y = a[i : i + _CHUNK], b[i : i + _CHUNK]
+        whole = x.numel() - x.numel() % _ROW
+        if whole:
+            total += float((x[:whole].view(-1, _ROW) * y[:whole].view(-1, _ROW)).sum(1).double().sum())
+        if whole < x.numel():
+            total += float(torch.dot(x[whole:].double(), y[whole:].double()))
+    return total
 
 
 # -- the method ------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ class Ferret(FirstOrder):
 
     def project(self, server_round: int, client_id: int, update: Sequence[torch.Tensor]) -> Coefficients:
         """The client's coefficients of `update` (= theta_new - theta_old, one tensor per parameter)."""
-        norms = [math.sqrt(sum(_dot64(update[i], update[i]) for i in b)) for b in self.blocks]
+        norms = [math.sqrt(sum(_dot(update[i], update[i]) for i in b)) for b in self.blocks]
         counts = seeds_per_block(norms, self.pool.k)
         indices, values = [], []
         for b, (block, n) in enumerate(zip(self.blocks, counts, strict=True)):
@@ -190,7 +198,7 @@ class Ferret(FirstOrder):
             gammas = []
             for j in chosen:
                 zs = self.block_z(b, int(j))
-                gammas.append(scale * sum(_dot64(update[i], z) for i, z in zip(block, zs, strict=True)))
+                gammas.append(scale * sum(_dot(update[i], z) for i, z in zip(block, zs, strict=True)))
             indices.append(chosen)
             values.append(np.asarray(gammas, dtype=np.float32))
         return Coefficients(server_round, client_id, tuple(indices), tuple(values))
@@ -229,7 +237,7 @@ class Ferret(FirstOrder):
         for b, (idx, val) in enumerate(zip(msg.indices, msg.values, strict=True)):
             for j, g in zip(idx.tolist(), val.tolist(), strict=True):
                 zs = self.block_z(b, j)
-                z_norm = math.sqrt(sum(_dot64(z, z) for z in zs))
+                z_norm = math.sqrt(sum(_dot(z, z) for z in zs))
                 alpha = -self.server_lr * clipped_coefficient(g, self.sigmas[b], z_norm)
                 for i, z in zip(self.blocks[b], zs, strict=True):
                     portable.axpy_(params[i], z.to(params[i].device), alpha)
