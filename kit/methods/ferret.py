@@ -28,8 +28,10 @@ round, client, block), not Python's global `random` (determinism); the authors' 
 implemented (the script's values only); a round whose batches do not fill the last accumulation takes that
 partial step at the end (the authors drop it; equal for tau a multiple of `grad_accumulation`); the
 weights are float32 (the authors load the model in float16); a non-finite loss skips its batch, as every
-first-order method of the kit. The budget is the scenario's tau batches (kit/federation/budget.py); the
-authors' script trains 40 batches (10 steps of 4) for 12 rounds.
+first-order method of the kit. The server screens uplinks by format, round, pool and finiteness (no norm
+bound: an honest client's coefficients scale with its update, which has none). The budget is the
+scenario's tau batches (kit/federation/budget.py); the authors' script trains 40 batches (10 steps of 4)
+for 12 rounds. Uplink: 36 + 2 B + 6 sum_b n_b + 4 bytes for B blocks (kit/methods/ferret_payload.py).
 """
 
 from __future__ import annotations
@@ -249,6 +251,9 @@ class Ferret(FirstOrder):
     def summary(self) -> dict:
         return {
             **super().summary(),
+            "payload": "coefficients",  # float32 on the wire whatever wire_dtype says
+            "wire_dtype": "float32",
+            "uplink_norm_ratio": None,  # screened by format, round, pool and finiteness; no norm bound
             "K": self.pool.k,
             "blocks": len(self.blocks),
             "server_lr": self.server_lr,
