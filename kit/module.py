@@ -68,6 +68,8 @@ class FedKSeedModule(pl.LightningModule):
         prompt_encoder_hidden_size: FedPTuning MLP encoder width (null: the model's hidden size).
         prompt_encoder_dropout: FedPTuning encoder dropout (0.1).
         wire_dtype: tensor payloads (all methods but FedKSeed): dtype of the values on the wire.
+        server_lr: Ferret: the server's step on the reconstructed update (allen4747/Ferret --slr_max 10).
+        grad_accumulation: Ferret: batches whose gradients add up before each SGD step (--n_accum, 4 there).
     """
 
     def __init__(
@@ -93,6 +95,8 @@ class FedKSeedModule(pl.LightningModule):
         prompt_encoder_hidden_size: int | None = None,
         prompt_encoder_dropout: float = 0.1,
         wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+        server_lr: float = 10.0,
+        grad_accumulation: int = 1,
     ) -> None:
         super().__init__()
         check_model_ranges(locals())

@@ -18,8 +18,10 @@ from .conftest import tiny_llama
 
 # learning rates that overfit one batch of the tiny Llama within `STEPS` steps
 LR = {"fedkseed": 2e-3, "fedkseed-pro": 2e-3, "fedzo": 2e-3, "fedavg": 1e-2, "fedit": 1e-2}
-LR.update({"fedit-sgd": 1.0, "fedptuning": 3e-2, "fedprompt": 1e-1})
+LR.update({"fedit-sgd": 1.0, "fedptuning": 3e-2, "fedprompt": 1e-1, "ferret": 1e-2})
 STEPS = {"fedkseed": 100, "fedkseed-pro": 100, "fedzo": 100}
+# Ferret rebuilds the update from K random directions per block: K well above the tiny model's 8 seeds
+SEEDS = {"ferret": 64}
 PEFT = ("fedit", "fedit-sgd", "fedptuning", "fedprompt")
 
 
@@ -34,7 +36,9 @@ def _setup(name: str, **hp):
     hp = {"lr": LR[name], "zo_eps": 1e-3, "num_virtual_tokens": 4, "lora_dropout": 0.0} | hp
     module = FedKSeedModule(model="unused", method=name, prompt_encoder_dropout=0.0, **hp)
     method = build_method(
-        name, module.hparams, FedSettings(seed=0, local_steps=STEPS.get(name, 20), num_seeds=8)
+        name,
+        module.hparams,
+        FedSettings(seed=0, local_steps=STEPS.get(name, 20), num_seeds=SEEDS.get(name, 8)),
     )
     module.net = method.prepare(tiny_llama())
     snapshot = WeightSnapshot(method.global_params(), "memory")

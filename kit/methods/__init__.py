@@ -14,6 +14,7 @@ from functools import partial
 from kit.methods.base import ClientUpdate, FedSettings, Method, StepOutcome
 from kit.methods.fedkseed import FedKSeed
 from kit.methods.fedzo import FedZO
+from kit.methods.ferret import Ferret
 from kit.methods.first_order import FirstOrder
 
 
@@ -40,6 +41,7 @@ REGISTRY: dict[str, MethodSpec] = {
     "fedptuning": MethodSpec(_first_order("fedptuning", "p_tuning", "adam"), "P-tuning, Adam"),
     "fedprompt": MethodSpec(_first_order("fedprompt", "prompt_tuning", "adam"), "prompt tuning, Adam"),
     "fedavg": MethodSpec(_first_order("fedavg", None, "adam"), "every weight, Adam"),
+    "ferret": MethodSpec(Ferret, "every weight, SGD; the update as coefficients on shared-seed bases"),
 }
 METHODS = tuple(REGISTRY)
 SCALAR_PAYLOAD = tuple(name for name, spec in REGISTRY.items() if spec.seed_file)
