@@ -68,6 +68,8 @@ class FedKSeedModule(pl.LightningModule):
         prompt_encoder_hidden_size: FedPTuning MLP encoder width (null: the model's hidden size).
         prompt_encoder_dropout: FedPTuning encoder dropout (0.1).
         wire_dtype: tensor payloads (all methods but FedKSeed): dtype of the values on the wire.
+        zo_perturbations: DeComFL: perturbations P per local step, one scalar each (its default 1).
+        zo_estimator: DeComFL: "central" (L+ - L-) / 2 eps, or "forward" (L+ - L) / eps.
     """
 
     def __init__(
@@ -93,6 +95,8 @@ class FedKSeedModule(pl.LightningModule):
         prompt_encoder_hidden_size: int | None = None,
         prompt_encoder_dropout: float = 0.1,
         wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+        zo_perturbations: int = 1,
+        zo_estimator: Literal["central", "forward"] = "central",
     ) -> None:
         super().__init__()
         check_model_ranges(locals())

@@ -51,7 +51,7 @@ def check_model_ranges(args: Mapping[str, Any]) -> None:
         require(a[name] > 0, f"--model.{name}", a[name], "> 0")
     require(a["weight_decay"] >= 0, "--model.weight_decay", a["weight_decay"], ">= 0")
     require(0 <= a["momentum"] < 1, "--model.momentum", a["momentum"], "in [0, 1)")
-    for name in ("lora_r", "num_virtual_tokens"):
+    for name in ("lora_r", "num_virtual_tokens", "zo_perturbations"):
         require(a[name] >= 1, f"--model.{name}", a[name], ">= 1")
     for name in ("lora_dropout", "prompt_encoder_dropout"):
         require(0 <= a[name] < 1, f"--model.{name}", a[name], "in [0, 1)")
