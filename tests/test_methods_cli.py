@@ -31,6 +31,8 @@ def test_quickstart_with_every_method_trains_smollm2_for_a_round(method, data_ro
     assert s["eval_loss_before"] != s["eval_loss_after"]  # the global model moved
     if method.startswith("fedkseed"):
         assert up <= s["uplink_bytes_dense"]
+    elif method in ("decomfl", "feedsign"):  # tau x P float32 scalars / tau sign bits, in the FKSD frame
+        assert up == s["uplink_bytes_max"] == down
     else:
         # tensors: at least 4 bytes per shared float32 parameter, plus the header and table
         assert s["wire_dtype"] == "float32" and up > 4 * s["shared_parameters"]
