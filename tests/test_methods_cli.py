@@ -32,7 +32,7 @@ def test_quickstart_with_every_method_trains_smollm2_for_a_round(method, data_ro
     if method.startswith("fedkseed"):
         assert up <= s["uplink_bytes_dense"]
     elif method in ("decomfl", "feedsign"):  # tau x P float32 scalars / tau sign bits, in the FKSD frame
-        assert up == s["uplink_bytes_max"] == down
+        assert up == s["uplink_bytes_max"] and 0 < down <= up
     else:
         # tensors: at least 4 bytes per shared float32 parameter, plus the header and table
         assert s["wire_dtype"] == "float32" and up > 4 * s["shared_parameters"]
