@@ -247,3 +247,17 @@ def test_a_node_that_missed_rounds_replays_them_to_the_servers_exact_weights(nam
     resumed.load_state_dict(server.state_dict())
     resumed.restore_global()
     assert all(torch.equal(a, b) for a, b in zip(trained, resumed.global_params(), strict=True))
+
+
+def test_two_flipping_voters_of_five_cannot_turn_an_agreeing_honest_majority():
+    _, feedsign, _ = _setup("feedsign", tau=16, fed={"equal_weights": True})
+    honest = np.where(np.random.default_rng(1).random(16) < 0.5, -1.0, 1.0).astype(np.float32)
+    down = feedsign.server_rule(1, [honest] * 3 + [-honest] * 2, [1] * 5)
+    assert np.array_equal(down, honest)  # and whatever they send, each step moves by lr * z at most
+    _, decomfl, _ = _setup("decomfl", tau=16, fed={"aggregation": "median"})
+    _, mean, _ = _setup("decomfl", tau=16)
+    g = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
+    attack = [-100 * g[0], -100 * g[1]]  # flipped, scaled, inside the honest bound
+    med = decomfl.server_rule(1, [*g, *attack], [1] * 5)
+    assert np.all((med >= g.min(0)) & (med <= g.max(0)))  # the median stays inside the honest values
+    assert np.max(np.abs(mean.server_rule(1, [*g, *attack], [1] * 5))) > 10 * np.max(np.abs(g))
