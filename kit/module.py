@@ -1,8 +1,8 @@
 """The LightningModule: the client's model, its loss, and one local step per batch (manual optimisation).
 
 The federated-loop Callback (`kit.loop`) hands the module the current client's update (`client`, a
-`kit.methods.ClientUpdate`); `training_step` runs one step of it: a two-point ZO step for FedKSeed
-and FedZO, a backpropagation step for the first-order baselines.
+`kit.methods.ClientUpdate`); `training_step` runs one step of it: a ZO step for FedKSeed, FedZO,
+DeComFL and FeedSign, a backpropagation step for the first-order baselines.
 """
 
 from __future__ import annotations
