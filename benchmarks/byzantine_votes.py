@@ -11,8 +11,9 @@ round the `f` highest-id sampled clients attack: FeedSign's flip every vote; the
 an attacker can still send). Rules: FeedSign (one vote per client), FedKSeed with the mean, with
 `--fed.scalar_bound` and with the coordinate median (K = 8 so that clients share seeds: with the paper's
 K = 4096 and 20 draws per round the median zeroes almost every seed), DeComFL (P 1) with the mean and
-the median. Each method's lr is the best of a 3-point sweep without attackers. A mechanism check, not a
-result at the paper's scale. Writes `byzantine.json` and `byzantine.png` under --out.
+the median. Each rule's lr is the best of `--lrs` without attackers. A mechanism check, not a result
+at the paper's scale. Writes `byzantine.json` and `byzantine.png` under --out; `--plot_from LOG...` draws
+them from earlier runs' stdout instead (runs split by `--variants`).
 """
 
 from __future__ import annotations
@@ -102,51 +103,63 @@ def main() -> None:
     parser.add_argument("--per_round", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attackers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--plot_from", type=Path, nargs="+", help="draw from these runs' stdout (JSON lines)")
     args = parser.parse_args()
+    if args.plot_from:
+        lines = [ln for f in args.plot_from for ln in f.read_text().splitlines() if ln.startswith("{")]
+        records = [json.loads(ln) for ln in lines]
+    else:
+        records = measure(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "byzantine.json").write_text(json.dumps({"machine": machine(), "records": records}, indent=1))
+    plot(records, args, args.out / "byzantine.png")
+
+
+def measure(args) -> list[dict]:
     if args.quick:
         args.rounds, args.lrs, args.attackers = 2, [1e-3], [0, 2]
     dm = FederatedDataModule(
         dataset="dolly", data_root=str(data_root()), num_clients=20, max_length=128, seed=5, eval_size=16
     )
     dm.setup("fit")
-    results = {}
-    for variant in VARIANTS:
+    records = []
+    for variant in args.variants:
         sweep = {lr: run(variant, lr, 0, args, dm) for lr in args.lrs}
         lr = min(sweep, key=lambda x: sweep[x][-1] if math.isfinite(sweep[x][-1]) else math.inf)
-        results[variant] = {"lr": lr, "sweep": {str(k): v[-1] for k, v in sweep.items()}, "curves": {}}
         for f in args.attackers:
             curve = sweep[lr] if f == 0 else run(variant, lr, f, args, dm)
-            results[variant]["curves"][str(f)] = curve
-            emit(variant=variant, lr=lr, attackers=f, eval_before=curve[0], eval_after=curve[-1])
-    args.out.mkdir(parents=True, exist_ok=True)
-    setting = {k: v for k, v in vars(args).items() if k != "out"}
-    (args.out / "byzantine.json").write_text(
-        json.dumps({"machine": machine(), "args": setting, "results": results}, indent=1)
-    )
-    plot(results, args, args.out / "byzantine.png")
+            record = dict(variant=variant, lr=lr, attackers=f, eval_before=curve[0], eval_after=curve[-1])
+            record |= {"curve": curve, "sweep": {str(k): v[-1] for k, v in sweep.items()}}
+            emit(**record)
+            records.append(record)
+    return records
 
 
-def plot(results: dict, args, path: Path) -> None:
+def plot(records: list[dict], args, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    counts = sorted({r["attackers"] for r in records})
+    final = {(r["variant"], r["attackers"]): r["eval_after"] for r in records}
+    before = records[0]["eval_before"]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.8 / len(args.attackers)
-    before = next(iter(results.values()))["curves"]["0"][0]
-    for j, f in enumerate(args.attackers):
-        xs = [i + (j - (len(args.attackers) - 1) / 2) * width for i in range(len(results))]
-        ys = [r["curves"][str(f)][-1] for r in results.values()]
-        ax.bar(xs, [min(y, 2 * before) for y in ys], width, label=f"{f} of {args.per_round} attack")
-    ax.axhline(before, color="k", lw=0.8, ls="--", label="before training")
-    ax.set_xticks(range(len(results)), list(results), rotation=15, fontsize=8)
-    ax.set_ylabel("final eval loss (capped at 2x start)")
-    ax.set_ylim(min(r["curves"]["0"][-1] for r in results.values()) - 0.05, None)
+    width = 0.8 / len(counts)
+    for j, f in enumerate(counts):
+        xs = [i + (j - (len(counts) - 1) / 2) * width for i in range(len(variants))]
+        ys = [final.get((v, f), math.nan) - before for v in variants]
+        ax.bar(xs, ys, width, label=f"{f} of {args.per_round} clients attack")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xticks(range(len(variants)), variants, rotation=15, fontsize=8)
+    ax.set_ylabel("final - initial eval loss (nats)")
     ax.legend(fontsize=7)
     ax.set_title(
-        f"{args.rounds} rounds x {args.per_round} clients x {args.tau} steps, tiny random Llama, Dolly",
+        "Attackers per round vs the rule: tiny random Llama on Dolly (benchmarks/byzantine_votes.py)",
         fontsize=9,
     )
     fig.tight_layout()
