@@ -1,8 +1,8 @@
 """The LightningModule: the client's model, its loss, and one local step per batch (manual optimisation).
 
 The federated-loop Callback (`kit.loop`) hands the module the current client's update (`client`, a
-`kit.methods.ClientUpdate`); `training_step` runs one step of it: a two-point ZO step for FedKSeed
-and FedZO, a backpropagation step for the first-order baselines.
+`kit.methods.ClientUpdate`); `training_step` runs one step of it: a ZO step for FedKSeed, FedZO,
+DeComFL and FeedSign, a backpropagation step for the first-order baselines.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class FedKSeedModule(pl.LightningModule):
         wire_dtype: tensor payloads (all methods but FedKSeed): dtype of the values on the wire.
         server_lr: Ferret: the server's step on the reconstructed update (allen4747/Ferret --slr_max 10).
         grad_accumulation: Ferret: batches whose gradients add up before each SGD step (--n_accum, 4 there).
+        zo_perturbations: DeComFL: perturbations P per local step, one scalar each (its default 1).
+        zo_estimator: DeComFL: "central" (L+ - L-) / 2 eps, or "forward" (L+ - L) / eps.
     """
 
     def __init__(
@@ -97,6 +99,8 @@ class FedKSeedModule(pl.LightningModule):
         wire_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
         server_lr: float = 10.0,
         grad_accumulation: int = 1,
+        zo_perturbations: int = 1,
+        zo_estimator: Literal["central", "forward"] = "central",
     ) -> None:
         super().__init__()
         check_model_ranges(locals())

@@ -52,7 +52,7 @@ def check_model_ranges(args: Mapping[str, Any]) -> None:
     require(a["weight_decay"] >= 0, "--model.weight_decay", a["weight_decay"], ">= 0")
     require(0 <= a["momentum"] < 1, "--model.momentum", a["momentum"], "in [0, 1)")
     require(a["server_lr"] > 0, "--model.server_lr", a["server_lr"], "> 0")
-    for name in ("lora_r", "num_virtual_tokens"):
+    for name in ("lora_r", "num_virtual_tokens", "zo_perturbations"):
         require(a[name] >= 1, f"--model.{name}", a[name], ">= 1")
     require(a["grad_accumulation"] >= 1, "--model.grad_accumulation", a["grad_accumulation"], ">= 1")
     for name in ("lora_dropout", "prompt_encoder_dropout"):

@@ -44,7 +44,7 @@ HARMLESS = frozenset(
         "model.keep_z",  # memory only
     }
 )
-ZO_SEED_METHODS = ("fedkseed", "fedkseed-pro")
+ZO_SEED_METHODS = ("fedkseed", "fedkseed-pro", "decomfl", "feedsign")
 # the global model is rebuilt from theta_0 and the history under these: no resume may change them
 REBUILT_FROM = {
     "*": ("method", "model.model"),
@@ -52,6 +52,7 @@ REBUILT_FROM = {
         "model.lr",
         "model.weight_decay",
         "model.distribution",
+        "model.zo_perturbations",
         "fed.local_steps",
         "fed.num_seeds",
         "fed.seed",

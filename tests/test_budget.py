@@ -32,12 +32,8 @@ def test_an_epoch_is_as_many_steps_as_the_reference_loader_has_batches(num_examp
 
 def test_zo_methods_take_steps_and_first_order_methods_take_epochs_when_set():
     for method in METHODS:
-        zo = method in (
-            "fedkseed",
-            "fedkseed-pro",
-            "fedzo",
-            "ferret",
-        )  # ferret: local batches, as its authors
+        # ferret: local batches, as its authors
+        zo = method in ("fedkseed", "fedkseed-pro", "fedzo", "decomfl", "feedsign", "ferret")
         assert local_budget(method, 200, 1) == (
             LocalBudget("steps", 200) if zo else LocalBudget("epochs", 1)
         ), method

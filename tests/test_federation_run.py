@@ -78,8 +78,11 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, data_root, tmp_path
             "--fed.rouge_at_end",
             "false",
         ],
+        # the per-step seed methods: their server applies tau x P scalars / tau majority signs per round
+        ["--method", "decomfl", "--model.zo_perturbations", "2", "--model.zo_estimator", "forward"],
+        ["--method", "feedsign"],
     ],
-    ids=["fedkseed-pro-steps", "fedit-epochs"],
+    ids=["fedkseed-pro-steps", "fedit-epochs", "decomfl", "feedsign"],
 )
 def test_two_processes_match_one(extra, tiny_model_dir, data_root, tmp_path):
     env = {**os.environ, "FEDKSEED_DATA_ROOT": str(data_root)}

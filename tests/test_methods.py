@@ -19,7 +19,8 @@ from .conftest import tiny_llama
 # learning rates that overfit one batch of the tiny Llama within `STEPS` steps
 LR = {"fedkseed": 2e-3, "fedkseed-pro": 2e-3, "fedzo": 2e-3, "fedavg": 1e-2, "fedit": 1e-2}
 LR.update({"fedit-sgd": 1.0, "fedptuning": 3e-2, "fedprompt": 1e-1, "ferret": 1e-2})
-STEPS = {"fedkseed": 100, "fedkseed-pro": 100, "fedzo": 100}
+LR.update({"decomfl": 2e-3, "feedsign": 1e-3})
+STEPS = {"fedkseed": 100, "fedkseed-pro": 100, "fedzo": 100, "decomfl": 100, "feedsign": 100}
 # Ferret rebuilds the update from K random directions per block: K well above the tiny model's 8 seeds
 SEEDS = {"ferret": 64}
 PEFT = ("fedit", "fedit-sgd", "fedptuning", "fedprompt")

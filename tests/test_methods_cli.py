@@ -34,6 +34,8 @@ def test_quickstart_with_every_method_trains_smollm2_for_a_round(method, data_ro
         assert up <= s["uplink_bytes_dense"]
     elif method == "ferret":  # a few coefficients per block, never more than K per block
         assert 40 + 14 * s["blocks"] <= up <= s["uplink_bytes_max"] < s["shared_parameters"]
+    elif method in ("decomfl", "feedsign"):  # tau x P float32 scalars / tau sign bits, in the FKSD frame
+        assert up == s["uplink_bytes_max"] and 0 < down <= up
     else:
         # tensors: at least 4 bytes per shared float32 parameter, plus the header and table
         assert s["wire_dtype"] == "float32" and up > 4 * s["shared_parameters"]

@@ -130,7 +130,8 @@ def test_paper_recipes_give_each_method_the_papers_budget(method: str, tmp_path:
     for extra in (REPO / "recipes" / "methods" / method, only_name):
         cli = _parse([base, str(extra)], tmp_path)
         loop = next(cb for cb in cli.trainer.callbacks if isinstance(cb, FederatedLoop))
-        zo = name in ("fedkseed", "fedkseed-pro", "fedzo", "ferret")  # ferret: local batches, as its authors
+        # ferret: local batches, as its authors
+        zo = name in ("fedkseed", "fedkseed-pro", "fedzo", "decomfl", "feedsign", "ferret")
         assert local_budget(name, loop.local_steps, loop.local_epochs) == (
             LocalBudget("steps", 200) if zo else LocalBudget("epochs", 1)
         )

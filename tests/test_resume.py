@@ -44,7 +44,8 @@ def _rounds_done(ckpt: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("method", ["fedkseed-pro", "ferret"])
+# the methods whose global state is a history replayed from theta_0, and Ferret (a tensor checkpoint)
+@pytest.mark.parametrize("method", ["fedkseed-pro", "decomfl", "feedsign", "ferret"])
 def test_kill_9_mid_round_then_resume_equals_an_uninterrupted_run(
     method, tiny_model_dir, data_root, tmp_path
 ):

@@ -5,6 +5,7 @@ tau local steps of batch 1 (`fed.local_steps`, paper 200); the first-order basel
 FedPTuning, FedPrompt, and the kit's FedAvg) train one local epoch (`fed.local_epochs`), as zhenqincn/FedHDS
 does: `client.py` runs `local_step * len(train_loader)` steps under `--batch_or_epoch epoch`, a
 `DataLoader(batch_size, shuffle=True)` whose last batch is short, so a pass is ceil(n / batch size) steps.
+DeComFL and FeedSign, ZO methods whose seeds are per step, take tau steps too.
 This module is the one place that decides a client's step count; the loop and the datamodule follow it.
 """
 
@@ -17,7 +18,8 @@ from typing import Literal
 # the ZO methods: their budget is always `fed.local_steps` (their seed choices and FedKSeed's per-round
 # weight decay are functions of tau, the same for every client); Ferret too: its authors count local batches
 # (allen4747/Ferret client.py, --batch_or_epoch batch; scripts/ferret.sh: 40 batches, one SGD step per 4)
-STEP_METHODS = frozenset({"fedkseed", "fedkseed-pro", "fedzo", "ferret"})
+# weight decay are functions of tau, the same for every client)
+STEP_METHODS = frozenset({"fedkseed", "fedkseed-pro", "fedzo", "decomfl", "feedsign", "ferret"})
 
 
 @dataclass(frozen=True)

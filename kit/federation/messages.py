@@ -2,15 +2,17 @@
 
 Layout (little endian): header | payload | crc32 of everything before it.
 
-    header  = magic "FKSD", version u8, kind u8 (1 up, 2 down), encoding u8 (0 dense, 1 sparse),
+    header  = magic "FKSD", version u8, kind u8 (1 up, 2 down), encoding u8 (0 dense, 1 sparse, 2 signs),
               flags u8 (bit 0: probabilities follow), K u32, pool fingerprint 8 B, round u32,
               client id u32 (uplinks; 0xFFFFFFFF in downlinks), count u32 (scalars in the payload)
     dense   = K float32
     sparse  = count indices (u16 when K <= 65536, else u32, strictly ascending) + count float32
+    signs   = ceil(count / 8) bytes, bit i (little-endian bit order) 1: +1, 0: -1; count K or 0 (no
+              value: all zero), padding bits 0 (FeedSign's votes; only where the caller asks for it)
     probs   = K float32 (downlinks of FedKSeed-Pro only)
 
-The encoder picks dense or sparse, whichever is smaller. Scalars travel as float32; the server
-aggregates exactly the values it decodes, so every party sees the same numbers.
+The encoder picks dense or sparse, whichever is smaller (signs only when asked). Scalars travel as
+float32; the server aggregates exactly the values it decodes, so every party sees the same numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 MAGIC = b"FKSD"
 VERSION = 1
 UPLINK, DOWNLINK = 1, 2
-DENSE, SPARSE = 0, 1
+DENSE, SPARSE, SIGNS = 0, 1, 2
+SCALARS = (DENSE, SPARSE)  # what a scalar payload may use; FeedSign's votes use (SIGNS,)
 HAS_PROBS = 1
 NO_CLIENT = 0xFFFFFFFF
 _HEADER = struct.Struct("<4sBBBBI8sIII")
@@ -79,12 +82,28 @@ def max_uplink_size(k: int) -> int:
     return _HEADER.size + 4 * k + _CRC.size
 
 
+def max_signs_size(k: int) -> int:
+    """Bytes of a message of K sign bits."""
+    return _HEADER.size + -(-k // 8) + _CRC.size
+
+
+def _body_size(encoding: int, k: int, count: int) -> int | None:
+    """Payload bytes an encoding takes for K values of which `count` travel (None: unknown encoding)."""
+    if encoding == DENSE:
+        return 4 * k
+    if encoding == SPARSE:
+        return count * (np.dtype(_index_dtype(k)).itemsize + 4)
+    if encoding == SIGNS:
+        return -(-count // 8)
+    return None
+
+
 def _announced_size(header: tuple) -> int | None:
     """Length of the whole message its header announces (None when the encoding is unknown)."""
     _, _, _, encoding, flags, k, _, _, _, count = header
-    if encoding not in (DENSE, SPARSE):
+    size = _body_size(encoding, k, count)
+    if size is None:
         return None
-    size = 4 * k if encoding == DENSE else count * (np.dtype(_index_dtype(k)).itemsize + 4)
     return _HEADER.size + size + (4 * k if flags & HAS_PROBS else 0) + _CRC.size
 
 
@@ -102,10 +121,20 @@ def _payload(scalars: np.ndarray) -> tuple[int, int, bytes]:
     return DENSE, int(values.size), dense
 
 
-def _encode(kind: int, rnd: int, client: int, scalars: np.ndarray, fingerprint: bytes, probs) -> bytes:
+def _signs(values: np.ndarray) -> tuple[int, int, bytes]:
+    if not np.any(values):
+        return SIGNS, 0, b""
+    if not np.all(np.abs(values) == 1):
+        raise MessageError("refusing to encode signs that are not all +1 or -1")
+    return SIGNS, int(values.size), np.packbits(values > 0, bitorder="little").tobytes()
+
+
+def _encode(
+    kind: int, rnd: int, client: int, scalars: np.ndarray, fingerprint: bytes, probs, signs: bool = False
+) -> bytes:
     if not np.all(np.isfinite(scalars)):
         raise MessageError("refusing to encode non-finite scalars (a NaN loss reached the accumulator)")
-    encoding, count, body = _payload(scalars)
+    encoding, count, body = _signs(scalars) if signs else _payload(scalars)
     flags = HAS_PROBS if probs is not None else 0
     head = _HEADER.pack(MAGIC, VERSION, kind, encoding, flags, scalars.size, fingerprint, rnd, client, count)
     if probs is not None:
@@ -114,17 +143,20 @@ def _encode(kind: int, rnd: int, client: int, scalars: np.ndarray, fingerprint: 
     return data + _CRC.pack(zlib.crc32(data))
 
 
-def encode_uplink(msg: Uplink, fingerprint: bytes) -> bytes:
-    """Bytes of an uplink for the pool with `fingerprint`."""
-    return _encode(UPLINK, msg.round, msg.client_id, msg.scalars, fingerprint, None)
+def encode_uplink(msg: Uplink, fingerprint: bytes, signs: bool = False) -> bytes:
+    """Bytes of an uplink for the pool with `fingerprint` (`signs`: values +-1 as one bit each)."""
+    return _encode(UPLINK, msg.round, msg.client_id, msg.scalars, fingerprint, None, signs)
 
 
-def encode_downlink(msg: Downlink, fingerprint: bytes) -> bytes:
-    """Bytes of a downlink for the pool with `fingerprint`."""
-    return _encode(DOWNLINK, msg.round, NO_CLIENT, msg.scalars, fingerprint, msg.probabilities)
+def encode_downlink(msg: Downlink, fingerprint: bytes, signs: bool = False) -> bytes:
+    """Bytes of a downlink for the pool with `fingerprint` (`signs`: values +-1 as one bit each, or
+    all zero: no value)."""
+    return _encode(DOWNLINK, msg.round, NO_CLIENT, msg.scalars, fingerprint, msg.probabilities, signs)
 
 
-def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: int | None):
+def _decode(
+    data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: int | None, encodings=SCALARS
+):
     name = "uplink" if kind == UPLINK else "downlink"
     if len(data) < _HEADER.size + _CRC.size:
         raise MessageError(f"{name} truncated: {len(data)} bytes is shorter than a header", "truncated")
@@ -155,16 +187,21 @@ def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: 
         raise MessageError(f"{name} is for round {rnd}, expected round {expected_round}", "wrong_round")
     body = memoryview(data)[_HEADER.size : -_CRC.size]
     probs_size = 4 * k if flags & HAS_PROBS else 0
-    if encoding == DENSE:
-        size = 4 * k
-    elif encoding == SPARSE:
-        size = count * (np.dtype(_index_dtype(k)).itemsize + 4)
-    else:
+    size = _body_size(encoding, k, count)
+    if size is None or encoding not in encodings:
         raise MessageError(f"{name} has unknown encoding {encoding}")
     if len(body) != size + probs_size:
         raise MessageError(f"{name} payload is {len(body)} bytes, its header announces {size + probs_size}")
     scalars = np.zeros(k, dtype=np.float32)
-    if encoding == DENSE:
+    if encoding == SIGNS:
+        if count not in (0, k):
+            raise MessageError(f"{name} carries {count} sign bits, expected {k} or 0")
+        bits = np.unpackbits(np.frombuffer(body[:size], dtype=np.uint8), bitorder="little")
+        if np.any(bits[count:]):
+            raise MessageError(f"{name} has nonzero padding bits after its {count} signs")
+        if count:
+            scalars[:] = np.where(bits[:count] == 1, 1.0, -1.0)
+    elif encoding == DENSE:
         scalars[:] = np.frombuffer(body[:size], dtype="<f4")
     else:
         idx_bytes = count * np.dtype(_index_dtype(k)).itemsize
@@ -186,13 +223,18 @@ def _decode(data: bytes, kind: int, k: int, fingerprint: bytes, expected_round: 
     return rnd, client, scalars, probs
 
 
-def decode_uplink(data: bytes, k: int, fingerprint: bytes, expected_round: int | None = None) -> Uplink:
-    """Validate and decode an uplink; raises MessageError naming what is wrong."""
-    rnd, client, scalars, _ = _decode(data, UPLINK, k, fingerprint, expected_round)
+def decode_uplink(
+    data: bytes, k: int, fingerprint: bytes, expected_round: int | None = None, encodings=SCALARS
+) -> Uplink:
+    """Validate and decode an uplink; raises MessageError naming what is wrong. `encodings`: the
+    payload encodings the caller accepts (scalars: dense or sparse; FeedSign: signs)."""
+    rnd, client, scalars, _ = _decode(data, UPLINK, k, fingerprint, expected_round, encodings)
     return Uplink(rnd, client, scalars)
 
 
-def decode_downlink(data: bytes, k: int, fingerprint: bytes, expected_round: int | None = None) -> Downlink:
+def decode_downlink(
+    data: bytes, k: int, fingerprint: bytes, expected_round: int | None = None, encodings=SCALARS
+) -> Downlink:
     """Validate and decode a downlink; raises MessageError naming what is wrong."""
-    rnd, _, scalars, probs = _decode(data, DOWNLINK, k, fingerprint, expected_round)
+    rnd, _, scalars, probs = _decode(data, DOWNLINK, k, fingerprint, expected_round, encodings)
     return Downlink(rnd, scalars, probs)

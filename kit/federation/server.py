@@ -36,6 +36,23 @@ def sample_seed_indices(
     return rng.choice(k, size=steps, p=probabilities.astype(np.float64) / probabilities.sum(dtype=np.float64))
 
 
+def combine_scalars(
+    scalars: Sequence[np.ndarray],
+    num_samples: Sequence[int],
+    size: int,
+    aggregation: str = "mean",
+    equal_weights: bool = False,
+    trim_fraction: float = 0.0,
+) -> np.ndarray:
+    """The clients' scalar vectors (ascending client id) combined into one, float32: the mean weighted
+    by sample count (or equally), or the robust rule per coordinate; zeros of length `size` when none."""
+    if not scalars:
+        return np.zeros(size, dtype=np.float32)
+    if aggregation == "mean":
+        return aggregate(scalars, client_weights(num_samples, equal_weights)).astype(np.float32)
+    return robust_aggregate(np.stack(scalars), aggregation, trim_fraction).astype(np.float32)
+
+
 @dataclass
 class Server:
     """Seed pool, round counter and the per-seed gradient history of FedKSeed(-Pro).
@@ -88,15 +105,10 @@ class Server:
         scalars = [uplinks[i].scalars for i in order]
         if self.scalar_bound is not None:
             scalars = [bound_scalars(s, self.scalar_bound) for s in scalars]
-        if not scalars:
-            total = np.zeros(self.pool.k, dtype=np.float32)
-        elif self.aggregation == "mean":
-            weights = client_weights([num_samples[i] for i in order], self.equal_weights)
-            total = aggregate(scalars, weights).astype(np.float32)
-        else:
-            total = robust_aggregate(np.stack(scalars), self.aggregation, self.trim_fraction).astype(
-                np.float32
-            )
+        counts = [num_samples[i] for i in order]
+        total = combine_scalars(
+            scalars, counts, self.pool.k, self.aggregation, self.equal_weights, self.trim_fraction
+        )
         for s in scalars:  # history: one entry per client and touched seed
             touched = np.flatnonzero(s)
             self.abs_sum[touched] += np.minimum(np.abs(s[touched].astype(np.float64)), self.bias_loss_clip)

@@ -1,4 +1,4 @@
-"""The federated methods: FedKSeed(-Pro) and the paper's baselines, by their `--method` names.
+"""The federated methods: FedKSeed(-Pro), the paper's baselines and later methods, by `--method` name.
 
 `REGISTRY` is the one list of methods: the CLI's choices and help, the recipe check on Flower and
 which runs export as seed files all derive from it. Adding a method is a file in this package, a
@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from kit.methods.base import ClientUpdate, FedSettings, Method, StepOutcome
+from kit.methods.decomfl import DeComFL
 from kit.methods.fedkseed import FedKSeed
 from kit.methods.fedzo import FedZO
+from kit.methods.feedsign import FeedSign
 from kit.methods.ferret import Ferret
 from kit.methods.first_order import FirstOrder
 
@@ -42,6 +44,8 @@ REGISTRY: dict[str, MethodSpec] = {
     "fedprompt": MethodSpec(_first_order("fedprompt", "prompt_tuning", "adam"), "prompt tuning, Adam"),
     "fedavg": MethodSpec(_first_order("fedavg", None, "adam"), "every weight, Adam"),
     "ferret": MethodSpec(Ferret, "every weight, SGD; the update as coefficients on shared-seed bases"),
+    "decomfl": MethodSpec(DeComFL, "ZO on server seeds, P scalars per step up and down"),
+    "feedsign": MethodSpec(FeedSign, "ZO on shared seeds, one sign bit per step up and down"),
 }
 METHODS = tuple(REGISTRY)
 SCALAR_PAYLOAD = tuple(name for name, spec in REGISTRY.items() if spec.seed_file)

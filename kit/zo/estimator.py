@@ -28,6 +28,56 @@ class ZOStep:
     skipped: bool = False
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One finite-difference probe along z(seed): the scalar g, the loss at +eps and whether it was
+    skipped. `pending`: the weights are left at theta + pending * z (0 when skipped: restored), so
+    the caller's next pass along z(seed) can carry the restore (`Perturber.update(restore=-pending)`)."""
+
+    grad: float
+    loss: float
+    skipped: bool
+    pending: float
+
+
+def probe(
+    perturber: Perturber,
+    loss_fn: Callable[[], torch.Tensor],
+    seed: int,
+    eps: float,
+    grad_clip: float | None = None,
+    base_loss: float | None = None,
+) -> Probe:
+    """g along z(seed): central (L+ - L-) / 2 eps, or forward (L+ - `base_loss`) / eps when the loss
+    at theta is given (DeComFL's rge-forward). A non-finite loss or a difference above `grad_clip`
+    (None or <= 0: off) restores the weights and skips: g = 0."""
+    clip = grad_clip if grad_clip is not None and grad_clip > 0 else None
+    # 1) perturb +eps, loss at theta + eps z
+    perturber.add(seed, eps)
+    loss_plus = float(loss_fn())
+    if base_loss is not None:  # forward: one perturbed loss against the unperturbed one
+        diff = loss_plus - base_loss
+        if not math.isfinite(loss_plus) or (clip is not None and abs(diff) > clip):
+            perturber.add(seed, -eps)
+            return Probe(0.0, loss_plus, True, 0.0)
+        return Probe(diff / eps, loss_plus, False, eps)
+    if not math.isfinite(loss_plus):
+        if perturber.master is not None:  # the reference's passes (-2 eps, +eps) without the forward
+            perturber.add(seed, -2.0 * eps)
+            perturber.add(seed, eps)
+        else:
+            perturber.add(seed, -eps)  # restore, skip the second forward
+        return Probe(0.0, loss_plus, True, 0.0)
+    # 2) perturb -2 eps, loss at theta - eps z
+    perturber.add(seed, -2.0 * eps)
+    loss_minus = float(loss_fn())
+    diff = loss_plus - loss_minus
+    if not math.isfinite(loss_minus) or (clip is not None and abs(diff) > clip):
+        perturber.add(seed, eps)
+        return Probe(0.0, loss_plus, True, 0.0)
+    return Probe(diff / (2.0 * eps), loss_plus, False, -eps)
+
+
 def zo_step(
     perturber: Perturber,
     loss_fn: Callable[[], torch.Tensor],
@@ -45,25 +95,9 @@ def zo_step(
     the weights and skips the update: `skipped=True`, `projected_grad=0`. `grad_clip` None or <= 0
     is off (the reference's default is -100).
     """
-    clip = grad_clip if grad_clip is not None and grad_clip > 0 else None
-    # 1) perturb +eps, loss at theta + eps z
-    perturber.add(seed, eps)
-    loss_plus = float(loss_fn())
-    if not math.isfinite(loss_plus):
-        if perturber.master is not None:  # the reference's passes (-2 eps, +eps) without the forward
-            perturber.add(seed, -2.0 * eps)
-            perturber.add(seed, eps)
-        else:
-            perturber.add(seed, -eps)  # restore, skip the second forward
-        return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
-    # 2) perturb -2 eps, loss at theta - eps z
-    perturber.add(seed, -2.0 * eps)
-    loss_minus = float(loss_fn())
-    diff = loss_plus - loss_minus
-    if not math.isfinite(loss_minus) or (clip is not None and abs(diff) > clip):
-        perturber.add(seed, eps)
-        return ZOStep(seed_index, 0.0, loss_plus, skipped=True)
-    grad = diff / (2.0 * eps)
+    p = probe(perturber, loss_fn, seed, eps, grad_clip)
+    if p.skipped:
+        return ZOStep(seed_index, 0.0, p.loss, skipped=True)
     # 3) restore +eps and update theta <- theta - lr (g z + wd theta), fused in one pass
-    perturber.update(seed, lr, grad, decay=lr * weight_decay, restore=eps)
-    return ZOStep(seed_index, grad, loss_plus)
+    perturber.update(seed, lr, p.grad, decay=lr * weight_decay, restore=-p.pending)
+    return ZOStep(seed_index, p.grad, p.loss)
