@@ -38,6 +38,7 @@ from kit.federation.budget import local_budget
 from kit.methods import build_method
 from kit.models import load_model
 from kit.rounds import ClientResult
+from kit.rounds.privacy import attach_dp
 from kit.rounds.run import FLOWER_CHECKPOINT, ServerRun, write_metrics_csv
 from kit.rounds.state import check_method
 from kit.rounds.sync import CatchUpCosts, plan_sync
@@ -111,6 +112,10 @@ class FedKSeedStrategy(Strategy):
     ) -> Iterable[Message]:
         if self.nodes.num_clients is None:
             raise RuntimeError("no node answered the discovery query: are SuperNodes connected?")
+        if self.method.dp is None:  # the run's DP mechanism, once the nodes told the number of clients
+            fed = self.recipe.config
+            shape = self.nodes.num_clients, fed.fraction, self.recipe.rounds
+            attach_dp(self.method, fed.privacy, fed.settings.seed, *shape)
         plan = self.run_state.plan(server_round, self.nodes.num_clients)
         self._round = {"plan": plan, "unhosted": [], "down_payload": [], "down_flower": []}
         messages = []

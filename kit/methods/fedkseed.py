@@ -38,6 +38,7 @@ class FedKSeed(Method):
     def __init__(self, hp: Mapping, fed: FedSettings, pro: bool = False) -> None:
         self.name = "fedkseed-pro" if pro else "fedkseed"
         self.hp, self.fed = hp, fed
+        self.central_dp = not pro  # Pro's probabilities come from the un-noised per-client history
         self.pool = SeedPool(fed.num_seeds, fed.seed)
         self.server = Server(
             self.pool,
@@ -79,15 +80,38 @@ class FedKSeed(Method):
 
     def decode_uplink(self, server_round: int, wire: bytes) -> tuple[int, Uplink]:
         up = decode_uplink(wire, self.pool.k, self.pool.fingerprint, expected_round=server_round)
-        check_scalars(up.scalars, self.uplink_bound)
+        check_scalars(up.scalars, self._screen_bound())
         return up.client_id, up
+
+    def _screen_bound(self) -> float | None:
+        """The scalar bound; local DP: an honest client's clipped scalar plus 10 noise std (a noise draw
+        beyond it has probability 1.5e-23)."""
+        if self.uplink_bound is None or self.dp is None or self.dp.mode != "local":
+            return self.uplink_bound
+        return min(self.uplink_bound, self.dp.clip) + 10 * self.dp.std
+
+    def aggregate_train(
+        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Mapping[int, int]
+    ) -> tuple[bytes, object]:
+        self._sampled = sorted(num_samples)  # central DP: the noise's support is the sampled clients' seeds
+        return super().aggregate_train(server_round, uplinks, num_samples)
 
     def aggregate_accepted(
         self, server_round: int, accepted: Sequence[Accepted], num_samples: Sequence[int]
     ) -> bytes:
         # no accepted uplink: G = 0 still goes down (header only), keeping rounds and Pro's p aligned
-        down = self.server.aggregate_train([a.value for a in accepted], num_samples)
+        rule = None
+        if self.dp is not None and self.dp.mode == "central":
+            support = np.unique(np.concatenate([self.planned_seeds(server_round, c) for c in self._sampled]))
+            rule = lambda scalars: self.dp.central_mean(server_round, scalars, self.pool.k, support)  # noqa: E731
+        down = self.server.aggregate_train([a.value for a in accepted], num_samples, rule)
         return encode_downlink(down, self.pool.fingerprint)
+
+    def planned_seeds(self, server_round: int, client_id: int) -> np.ndarray:
+        """The seed indices of `client_id`'s tau steps in `server_round` (a function of the seeds and
+        the round's probabilities, not of data)."""
+        fed, k = self.fed, self.pool.k
+        return sample_seed_indices(fed.seed, server_round, client_id, fed.local_steps, self.probs, k)
 
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:
         down = decode_downlink(downlink, self.pool.k, self.pool.fingerprint, expected_round=server_round)
@@ -162,9 +186,7 @@ class FedKSeed(Method):
 class _FedKSeedClient(ClientUpdate):
     def __init__(self, method: FedKSeed, server_round: int, client_id: int, loss_fn: LossFn) -> None:
         self.m, self.round, self.client_id, self.loss_fn = method, server_round, client_id, loss_fn
-        self.indices = sample_seed_indices(
-            method.fed.seed, server_round, client_id, method.fed.local_steps, method.probs, method.pool.k
-        )
+        self.indices = method.planned_seeds(server_round, client_id)
         self.acc = np.zeros(method.pool.k, dtype=np.float64)
 
     def step(self, batch: dict, local_step: int) -> StepOutcome:
@@ -186,5 +208,8 @@ class _FedKSeedClient(ClientUpdate):
         return StepOutcome(out.loss, out.skipped)
 
     def finish(self) -> bytes:
+        dp = self.m.dp
+        if dp is not None and dp.mode == "local":  # clipped, noised at the seeds it was to touch
+            self.acc = dp.local(self.round, self.client_id, self.acc, np.unique(self.indices))
         up = Uplink(self.round, self.client_id, self.acc.astype(np.float32))
         return encode_uplink(up, self.m.pool.fingerprint)
