@@ -42,7 +42,7 @@ class DPMechanism:
         seed: the noise seed.
         population: N, the clients.
         sample_size: m, the clients sampled per round (the central mean's fixed denominator).
-        participations: local mode: after round r (index r - 1), the most rounds any client was sampled in.
+        participations: after round r (index r - 1), the most rounds any client was sampled in.
         target_epsilon: the configured target, when sigma was derived from it.
     """
 
@@ -99,11 +99,18 @@ class DPMechanism:
 
     def epsilon(self, rounds_done: int) -> float:
         """epsilon (at `delta`) after `rounds_done` rounds, by the accountant."""
-        from kit.privacy.accountant import central_epsilon, local_epsilon  # dp-accounting: 0.7 s to import
+        from kit.privacy.accountant import central_epsilon  # dp-accounting: 0.7 s to import, lazily
 
         if self.mode == "central":
             args = (self.population, self.sample_size, rounds_done, self.delta)
             return central_epsilon(self.noise_multiplier, *args)
+        return self.epsilon_per_participation(rounds_done)
+
+    def epsilon_per_participation(self, rounds_done: int) -> float:
+        """epsilon with no amplification by sampling: a Gaussian mechanism per round a client took part
+        in (local mode's account; central mode's when the adversary knows who was sampled)."""
+        from kit.privacy.accountant import local_epsilon
+
         k = self.participations[rounds_done - 1] if rounds_done else 0
         return local_epsilon(self.noise_multiplier, k, self.delta)
 
@@ -119,6 +126,8 @@ class DPMechanism:
             "delta": self.delta,
             "epsilon": eps if np.isfinite(eps) else None,  # None: infinite (no noise)
             "epsilon_per_round": [_finite(self.epsilon(r)) for r in range(1, rounds_done + 1)],
+            "epsilon_if_sampling_known": _finite(self.epsilon_per_participation(rounds_done)),
+            "max_participations": self.participations[rounds_done - 1] if rounds_done else 0,
             "accountant": "dp-accounting RDP, replace-one, "
             + ("sampled without replacement" if self.mode == "central" else "per participation"),
             "population": self.population,

@@ -39,7 +39,7 @@ def dp_mechanism(
     if not privacy.enabled:
         return None
     m = max(1, int(num_clients * fraction))
-    counts = participations(seed, num_clients, fraction, rounds) if privacy.dp_mode == "local" else ()
+    counts = participations(seed, num_clients, fraction, rounds)
     delta = privacy.dp_delta
     sigma = privacy.dp_noise_multiplier
     if sigma is None:
