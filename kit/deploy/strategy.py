@@ -29,11 +29,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from kit.atomic import load_verified
+from kit.deploy import secagg
 from kit.deploy.messages import EvalReply, SyncRequest, TrainReply, TrainRequest
 from kit.deploy.nodes import Nodes
 from kit.deploy.recipe import Recipe
 from kit.deploy.records import round_record, runtime_fields, save_state, write_config
 from kit.deploy.wire import flower_bytes
+from kit.errors import UsageError
 from kit.federation.budget import local_budget
 from kit.methods import build_method
 from kit.models import load_model
@@ -68,8 +70,10 @@ class FedKSeedStrategy(Strategy):
         bandwidth: float = 12.5e6,
         merged_after: int = 0,
         check_replicas: bool = True,
+        secagg: bool = False,
     ) -> None:
         self.recipe, self.run_dir, self.check_replicas = recipe, Path(run_dir), check_replicas
+        self.secagg = secagg  # FedKSeed's uplinks masked pairwise: the server sees only their sum
         self.nodes = Nodes(round_timeout)
         self.costs = CatchUpCosts(replay_rate, bandwidth, merged_after)
         self.ckpt = self.run_dir / "checkpoints" / FLOWER_CHECKPOINT
@@ -118,14 +122,16 @@ class FedKSeedStrategy(Strategy):
             attach_dp(self.method, fed.privacy, fed.settings.seed, *shape)
         plan = self.run_state.plan(server_round, self.nodes.num_clients)
         self._round = {"plan": plan, "unhosted": [], "down_payload": [], "down_flower": []}
-        messages = []
+        messages, peers = [], self._secagg_keys(grid, plan) if self.secagg else None
         for c, steps in plan.steps:
             node = self.owner(c)
-            if node is None:
+            if node is None or (peers is not None and c not in peers):
                 self._round["unhosted"].append(c)
                 continue
             content, payload = self._sync_records(node, server_round - 1)
             content["train"] = ConfigRecord(TrainRequest(server_round, c, steps).values())
+            if peers is not None:
+                content[secagg.RECORD] = secagg.peers_record(peers)
             msg = Message(
                 content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
             )
@@ -133,6 +139,19 @@ class FedKSeedStrategy(Strategy):
             self._round["down_flower"].append(flower_bytes(msg))
             messages.append(msg)
         return messages
+
+    def _secagg_keys(self, grid: Grid, plan) -> dict[int, bytes]:
+        """Secure aggregation's key query: the public key of every client that trains this round."""
+        why = secagg.refusal(self.method)
+        if why:
+            raise UsageError(f"run config secagg=true: {why}")
+        clients_of: dict[int, list[int]] = {}
+        for c, _ in plan.steps:
+            if (node := self.owner(c)) is not None:
+                clients_of.setdefault(node, []).append(c)
+        keys = secagg.public_keys(self.nodes.exchange(grid, secagg.key_queries(plan.round, clients_of))[0])
+        self._round["masked"] = sorted(keys)
+        return keys
 
     # -- 2) aggregate_train ------------------------------------------------------------------------
     def aggregate_train(
@@ -158,7 +177,10 @@ class FedKSeedStrategy(Strategy):
         before = self.run_state.digest  # the nodes synced to round r-1 before training
         mismatched = sum(u.sync.replica_digest != before for *_, u in ups) if self.check_replicas else 0
         samples = {r.client: r.num_examples for r in results}  # the clients' own counts
-        metrics, outcome = self.run_state.close_round(plan, results, samples)
+        secure = (
+            secagg.secure_outcome(self.method, plan, results, self._round["masked"]) if self.secagg else None
+        )
+        metrics, outcome = self.run_state.close_round(plan, results, samples, outcome=secure)
         self._round.update(metrics=metrics, results=results, outcome=outcome)
         self._round["answered"] = {node for node, *_ in ups}
         for node, _, u in ups:

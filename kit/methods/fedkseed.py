@@ -107,6 +107,32 @@ class FedKSeed(Method):
         down = self.server.aggregate_train([a.value for a in accepted], num_samples, rule)
         return encode_downlink(down, self.pool.fingerprint)
 
+    # -- secure aggregation (kit/privacy/secagg.py, on Flower: kit/deploy/secagg.py) ----------------
+    def secure_refusal(self) -> str | None:
+        """Why this configuration cannot aggregate masked sums (None: it can)."""
+        fed = self.fed
+        if self.server.pro:
+            return "fedkseed-pro's probabilities need each client's scalars; use --method fedkseed"
+        if fed.aggregation != "mean" or fed.scalar_bound is not None:
+            return "robust rules and --fed.scalar_bound need each client's scalars; use the mean"
+        if self.dp is not None and self.dp.mode == "central":
+            return "central DP clips each client's scalars at the server; use --fed.dp_mode local"
+        return None
+
+    def secure_vector(self, server_round: int, wire: bytes, num_examples: int) -> np.ndarray:
+        """A client's summand: [w * scalars, w] with w its sample count (1 under equal weights), so the
+        sum over clients gives the server's weighted mean and nothing more."""
+        _, up = self.decode_uplink(server_round, wire)
+        w = 1.0 if self.fed.equal_weights else float(num_examples)
+        return np.concatenate([w * up.scalars.astype(np.float64), [w]])
+
+    def aggregate_secure(self, server_round: int, total: np.ndarray | None) -> bytes:
+        """The downlink from the sum of the clients' `secure_vector`s (None or weight 0: G = 0)."""
+        k = self.pool.k
+        g = np.zeros(k) if total is None or not total[k] > 0 else total[:k] / total[k]
+        down = self.server.aggregate_train([], [], lambda _scalars: g)
+        return encode_downlink(down, self.pool.fingerprint)
+
     def planned_seeds(self, server_round: int, client_id: int) -> np.ndarray:
         """The seed indices of `client_id`'s tau steps in `server_round` (a function of the seeds and
         the round's probabilities, not of data)."""

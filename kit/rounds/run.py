@@ -72,6 +72,7 @@ class ServerRun:
         num_samples: Mapping[int, int],
         restore: Callable[[], None] | None = None,
         save: Callable[[], None] | None = None,
+        outcome: RoundOutcome | None = None,
     ) -> tuple[dict, RoundOutcome]:
         """Aggregate the round's uplinks (arrival order), apply the downlink to the global model
         (`restore` puts the global values back first, `save` keeps them after), record its digest
@@ -79,7 +80,8 @@ class ServerRun:
         far and the outcome."""
         if restore is not None:  # the global values first: central DP's server rule reads them
             restore()
-        outcome = aggregate_round(self.method, plan, results, num_samples)
+        if outcome is None:  # (secure aggregation brings its outcome: the server saw only a sum)
+            outcome = aggregate_round(self.method, plan, results, num_samples)
         method_metrics = self.method.apply_downlink(plan.round, outcome.downlink)
         if save is not None:
             save()
