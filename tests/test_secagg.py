@@ -102,3 +102,32 @@ def test_secagg_on_localgrid_gives_the_server_the_sum_only(tiny_model_dir, data_
     # here the encoding's error (<= 7 * 2^-33 / total weight) stays below G's float32 spacing: same G, same
     # bits (a deterministic check of this configuration, not a property of every run)
     assert sec["global_weights_sha256"] == plain["global_weights_sha256"]
+
+
+class _LostReply(_Spy):
+    """Round 1's train reply of one client never reaches the server (its node failed after masking)."""
+
+    lost: int
+
+    def pull_messages(self, message_ids):
+        got = list(super().pull_messages(message_ids))
+        keep = []
+        for m in got:
+            if not m.has_error() and "uplink" in m.content:
+                up = TrainReply.from_values(dict(m.content["uplink"]))
+                if up.client == self.lost and m.metadata.group_id == "1":
+                    continue
+            keep.append(m)
+        return keep
+
+
+def test_a_masked_client_lost_after_masking_costs_the_round_not_the_run(tiny_model_dir, data_root, tmp_path):
+    rc = _run_config(tiny_model_dir, data_root, tmp_path)
+    rc["overrides"] = json.dumps({**json.loads(rc["overrides"]), "method": "fedkseed", "fed.fraction": 0.15})
+    grid = _LostReply(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
+    grid.payloads, grid.lost = [], 20  # a client of round 1 (test above: clients 1, 20, 26, ...)
+    strategy = _strategy(rc, tmp_path / "run", secagg=True, round_timeout=3.0)
+    summary = strategy.run(grid)
+    assert summary["rounds"] == 2 and summary["rounds_without_update"] == 1
+    g1, g2 = torch.load(strategy.ckpt, weights_only=True)["method_state"]["downlinks"]
+    assert not g1.any() and g2.any()  # round 1: no update (the masks could not cancel); round 2 trains
