@@ -121,13 +121,23 @@ class _LostReply(_Spy):
         return keep
 
 
-def test_a_masked_client_lost_after_masking_costs_the_round_not_the_run(tiny_model_dir, data_root, tmp_path):
+def test_a_client_lost_after_masking_is_recovered_from_the_shares(tiny_model_dir, data_root, tmp_path):
+    """Client 20 (round 1) trains and masks, but its uplink never arrives: the others reveal its mask
+    key's shares and their own seeds' shares, and the server gets the sum of the arrived clients, the
+    same G as a plain server that aggregates them."""
     rc = _run_config(tiny_model_dir, data_root, tmp_path)
     rc["overrides"] = json.dumps({**json.loads(rc["overrides"]), "method": "fedkseed", "fed.fraction": 0.15})
-    grid = _LostReply(client_app, rc, num_nodes=3, state_root=tmp_path / "nodes")
-    grid.payloads, grid.lost = [], 20  # a client of round 1 (test above: clients 1, 20, 26, ...)
-    strategy = _strategy(rc, tmp_path / "run", secagg=True, round_timeout=3.0)
-    summary = strategy.run(grid)
-    assert summary["rounds"] == 2 and summary["rounds_without_update"] == 1
-    g1, g2 = torch.load(strategy.ckpt, weights_only=True)["method_state"]["downlinks"]
-    assert not g1.any() and g2.any()  # round 1: no update (the masks could not cancel); round 2 trains
+    runs = {}
+    for name, kw in (("plain", {}), ("secagg", {"secagg": True})):
+        grid = _LostReply(client_app, rc, num_nodes=3, state_root=tmp_path / f"nodes-{name}")
+        grid.payloads, grid.lost = [], 20  # a client of round 1 (test above: clients 1, 20, 26, ...)
+        strategy = _strategy(rc, tmp_path / name, round_timeout=3.0, **kw)
+        runs[name] = (strategy.run(grid), strategy)
+    (plain, s_plain), (sec, s_sec) = runs["plain"], runs["secagg"]
+    assert sec["rounds"] == 2 and sec["rounds_without_update"] == 0
+    assert sec["missing_clients_per_round"] == plain["missing_clients_per_round"]
+    down = [torch.load(s.ckpt, weights_only=True)["method_state"]["downlinks"] for s in (s_plain, s_sec)]
+    for g_p, g_s in zip(*down, strict=True):
+        g_p, g_s = g_p.numpy().astype(np.float64), g_s.numpy().astype(np.float64)
+        assert g_p.any() and np.abs(g_p - g_s).max() <= 1e-6 * np.abs(g_p).max()
+    assert sec["global_weights_sha256"] == plain["global_weights_sha256"]

@@ -18,7 +18,7 @@ from kit.deploy.messages import EvalReply, NodeInfo, SyncReport, SyncRequest, Tr
 from kit.deploy.node_link import state_dir
 from kit.deploy.recipe import recipe_from_run_config
 from kit.deploy.replica import NodeReplica
-from kit.deploy.secagg import mask_uplink, publish_keys
+from kit.deploy.secagg import mask_uplink, node_stage
 
 
 def node_replica(run_config: dict, node_config: dict) -> NodeReplica:
@@ -65,8 +65,8 @@ def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
             return EvalReply(replica.eval_loss(), synced).values()
-    if op == "query" and "secagg" in request:  # secure aggregation's key query
-        return publish_keys(replica.dir, request["secagg"])
+    if op == "query" and "secagg" in request:  # a step of secure aggregation (keys, shares, unmask)
+        return node_stage(replica.dir, request["secagg"])
     if op == "query":
         info = NodeInfo(
             replica.partition_id,

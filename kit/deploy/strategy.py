@@ -122,16 +122,16 @@ class FedKSeedStrategy(Strategy):
             attach_dp(self.method, fed.privacy, fed.settings.seed, *shape)
         plan = self.run_state.plan(server_round, self.nodes.num_clients)
         self._round = {"plan": plan, "unhosted": [], "down_payload": [], "down_flower": []}
-        messages, peers = [], self._secagg_keys(grid, plan) if self.secagg else None
+        messages, masked = [], self._secagg_setup(grid, plan) if self.secagg else None
         for c, steps in plan.steps:
             node = self.owner(c)
-            if node is None or (peers is not None and c not in peers):
+            if node is None or (masked is not None and c not in masked):
                 self._round["unhosted"].append(c)
                 continue
             content, payload = self._sync_records(node, server_round - 1)
             content["train"] = ConfigRecord(TrainRequest(server_round, c, steps).values())
-            if peers is not None:
-                content[secagg.RECORD] = secagg.peers_record(peers)
+            if masked is not None:
+                content[secagg.RECORD] = self._round["secagg"].train_record(c, masked)
             msg = Message(
                 content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
             )
@@ -140,8 +140,9 @@ class FedKSeedStrategy(Strategy):
             messages.append(msg)
         return messages
 
-    def _secagg_keys(self, grid: Grid, plan) -> dict[int, bytes]:
-        """Secure aggregation's key query: the public key of every client that trains this round."""
+    def _secagg_setup(self, grid: Grid, plan) -> list[int]:
+        """Secure aggregation's keys and shares for the clients that train this round (kit/deploy/secagg.py);
+        returns those that completed both (the masked clients)."""
         why = secagg.refusal(self.method)
         if why:
             raise UsageError(f"run config secagg=true: {why}")
@@ -149,9 +150,10 @@ class FedKSeedStrategy(Strategy):
         for c, _ in plan.steps:
             if (node := self.owner(c)) is not None:
                 clients_of.setdefault(node, []).append(c)
-        keys = secagg.public_keys(self.nodes.exchange(grid, secagg.key_queries(plan.round, clients_of))[0])
-        self._round["masked"] = sorted(keys)
-        return keys
+        server = secagg.SecAggServer(plan.round, clients_of, lambda msgs: self.nodes.exchange(grid, msgs)[0])
+        self._round["secagg"] = server
+        self._round["masked"] = masked = server.setup()
+        return masked
 
     # -- 2) aggregate_train ------------------------------------------------------------------------
     def aggregate_train(
@@ -177,9 +179,9 @@ class FedKSeedStrategy(Strategy):
         before = self.run_state.digest  # the nodes synced to round r-1 before training
         mismatched = sum(u.sync.replica_digest != before for *_, u in ups) if self.check_replicas else 0
         samples = {r.client: r.num_examples for r in results}  # the clients' own counts
-        secure = (
-            secagg.secure_outcome(self.method, plan, results, self._round["masked"]) if self.secagg else None
-        )
+        secure = None
+        if self.secagg:  # the server learns the sum of the masked vectors that arrived, no single one
+            secure = self._round["secagg"].outcome(self.method, results, self._round["masked"])
         metrics, outcome = self.run_state.close_round(plan, results, samples, outcome=secure)
         self._round.update(metrics=metrics, results=results, outcome=outcome)
         self._round["answered"] = {node for node, *_ in ups}

@@ -1,5 +1,5 @@
-"""Secure aggregation by pairwise masks (Bonawitz et al. 2017, without its dropout recovery): the
-server learns the sum of the clients' vectors and nothing else of them.
+"""Secure aggregation by pairwise masks (Bonawitz et al. 2017): the server learns the sum of the
+clients' vectors and nothing else of them. The primitives; the protocol's messages: kit/deploy/secagg.py.
 
 Each client encodes its vector in fixed point in the ring Z_{2^64} (`encode`: round(x * 2^FRAC_BITS)),
 adds, for every other client of the round, a mask drawn from the secret it shares with that client by
@@ -22,7 +22,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
     bytes_to_public_key,
@@ -62,23 +63,55 @@ def shared_secret(private: bytes, peer_public: bytes) -> bytes:
     return generate_shared_key(bytes_to_private_key(private), bytes_to_public_key(peer_public))
 
 
-def _stream(secret: bytes, server_round: int, size: int) -> np.ndarray:
-    """`size` uint64 words of SHAKE-256 over the secret and the round (a fresh mask every round)."""
-    data = hashlib.shake_256(secret + b"fedkseed-secagg" + server_round.to_bytes(8, "little")).digest(
-        8 * size
-    )
+def _stream(secret: bytes, server_round: int, size: int, tag: bytes = b"pair") -> np.ndarray:
+    """`size` uint64 words of SHAKE-256 over the secret, a tag and the round (fresh every round)."""
+    seed = secret + b"fedkseed-secagg-" + tag + server_round.to_bytes(8, "little")
+    data = hashlib.shake_256(seed).digest(8 * size)
     return np.frombuffer(data, dtype="<u8").astype(np.uint64)
 
 
-def mask(q: np.ndarray, me: int, secrets: Mapping[int, bytes], server_round: int) -> np.ndarray:
-    """`q` (encoded) plus the pairwise masks with every peer in `secrets` (peer id -> shared secret)."""
+def mask(
+    q: np.ndarray, me: int, secrets: Mapping[int, bytes], server_round: int, seed: bytes | None = None
+) -> np.ndarray:
+    """`q` (encoded) plus the pairwise masks with every peer in `secrets` (peer id -> shared secret)
+    and, with `seed`, the client's own mask (uint64 arithmetic wraps: the ring Z_{2^64})."""
     out = np.array(q, dtype=np.uint64)
     for peer, secret in secrets.items():
-        if peer == me:
-            continue
-        m = _stream(secret, server_round, len(out))
-        out = out + m if me < peer else out - m  # uint64 arithmetic wraps: the ring Z_{2^64}
+        if peer != me:
+            out += pair_mask(me, peer, secret, server_round, len(out))
+    if seed is not None:
+        out += self_mask(seed, server_round, len(out))
     return out
+
+
+def pair_mask(me: int, peer: int, secret: bytes, server_round: int, size: int) -> np.ndarray:
+    """The mask `me` adds for `peer` (its negative when me > peer), from their shared secret."""
+    m = _stream(secret, server_round, size)
+    return m if me < peer else np.zeros(size, dtype=np.uint64) - m
+
+
+def self_mask(seed: bytes, server_round: int, size: int) -> np.ndarray:
+    """A client's own mask (the double mask of Bonawitz et al.), from its secret seed."""
+    return _stream(seed, server_round, size, b"self")
+
+
+def shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
+    """Shamir shares of `secret`: any `threshold` of the `num` rebuild it (Flower's implementation)."""
+    return create_shares(secret, threshold, num)
+
+
+def rebuild(parts: Sequence[bytes]) -> bytes:
+    """The secret from at least its threshold of shares."""
+    return combine_shares(list(parts))
+
+
+def seal(key: bytes, plaintext: bytes) -> bytes:
+    """Authenticated encryption under a shared secret (Fernet: AES-128-CBC + HMAC-SHA256)."""
+    return encrypt(key, plaintext)
+
+
+def unseal(key: bytes, ciphertext: bytes) -> bytes:
+    return decrypt(key, ciphertext)
 
 
 def sum_masked(vectors: Sequence[np.ndarray]) -> np.ndarray:
