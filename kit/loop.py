@@ -37,6 +37,7 @@ from kit.ranges import check_fed_ranges
 from kit.reporting import headline, log_rouge_tables
 from kit.rounds import ClientTally
 from kit.rounds.config import FLAG_DEFAULTS, FedConfig
+from kit.rounds.privacy import attach_dp
 from kit.rounds.run import ServerRun
 from kit.rounds.state import check_method
 from kit.snapshot import WeightSnapshot
@@ -85,6 +86,13 @@ class FederatedLoop(pl.Callback):
             change exceeds tensor_norm_ratio x the global parameters' norm (`kit.federation.bounds`).
         loss_range: an upper bound of an honest client's training loss in nats (the C above).
         tensor_norm_ratio: the tensor payloads' bound, relative to the global parameters' norm.
+        dp_mode: client-level differential privacy (docs/privacy.md): "off"; "central" (the server clips
+            each update to dp_clip and noises the mean); "local" (each client clips and noises its own).
+        dp_clip: C, the L2 bound of one client's update per round (FedKSeed: its K scalars).
+        dp_noise_multiplier: sigma: noise std sigma * 2C per coordinate (0: clip only, epsilon infinite).
+        dp_target_epsilon: instead of sigma: the smallest sigma reaching this epsilon after all rounds.
+        dp_delta: the delta of the accountant's (epsilon, delta), reported per round as `dp/epsilon`.
+        dp_seed: the noise's seed (null: the federation seed); keep it from whom the guarantee is against.
         divergence_factor: warn when the eval loss exceeds this times its best so far (null: off);
             a loss at the uniform predictor's ln(vocab) or non-finite is always reported (`kit.divergence`).
         stop_on_divergence: stop the run at a divergence, keeping the last good round's checkpoint.
@@ -119,6 +127,12 @@ class FederatedLoop(pl.Callback):
         screen_bound: bool = True,
         loss_range: float = 100.0,
         tensor_norm_ratio: float = 100.0,
+        dp_mode: Literal["off", "central", "local"] = "off",
+        dp_clip: float | None = None,
+        dp_noise_multiplier: float | None = None,
+        dp_target_epsilon: float | None = None,
+        dp_delta: float = 1e-5,
+        dp_seed: int | None = None,
         divergence_factor: float | None = 2.0,
         stop_on_divergence: bool = False,
     ) -> None:
@@ -147,6 +161,8 @@ class FederatedLoop(pl.Callback):
         trainer.datamodule.setup("fit")
         if self.method is None:
             self.method = build_method(pl_module.hparams.method, pl_module.hparams, self.settings)
+            shape = trainer.datamodule.num_clients_effective, self.fraction, trainer.max_epochs
+            attach_dp(self.method, self.config.privacy, self.seed, *shape)
         self.budget = local_budget(self.method.name, self.local_steps, self.local_epochs)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:

@@ -74,6 +74,15 @@ def run_row(scenario: str, method: str, seed: int, run_dir: Path) -> dict:
         "global_weights_sha256": s.get("global_weights_sha256"),
         "run_dir": str(run_dir),
     }
+    privacy = s.get("privacy")
+    if privacy:  # a DP run (kit/privacy): its epsilon (None in summary.json: infinite) and noise
+        eps = privacy["epsilon"]
+        row.update(
+            {
+                "dp_epsilon": math.inf if eps is None else eps,
+                "dp_noise_multiplier": privacy["noise_multiplier"],
+            }
+        )
     row.update({f"rougeL_{suite}": score for suite, score in sorted(rouge.items())})
     row.update({f"rougeL_paper_{suite}": score for suite, score in sorted(paper.items())})
     return row

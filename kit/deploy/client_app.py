@@ -18,7 +18,7 @@ from kit.deploy.node_link import call
 
 def _request(msg: Message) -> dict:
     """The message's records as plain values for the node's work."""
-    request = {k: dict(msg.content[k]) for k in ("sync", "train") if k in msg.content}
+    request = {k: dict(msg.content[k]) for k in ("sync", "train", "secagg") if k in msg.content}
     if "weights" in msg.content:  # the server chose a full-weights download
         request["weights"] = msg.content["weights"].to_numpy_ndarrays()
     return request

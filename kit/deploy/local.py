@@ -239,6 +239,11 @@ def run_parser(description: str, run_dir: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--round-timeout", type=float, default=600.0, help="seconds a round waits for uplinks"
     )
+    parser.add_argument(
+        "--secagg",
+        action="store_true",
+        help="FedKSeed: masked uplinks, the server sees their sum (docs/privacy.md)",
+    )
     return parser
 
 
@@ -249,6 +254,7 @@ def run_config_of(args: argparse.Namespace) -> dict:
         "overrides": args.overrides,
         "run-dir": str(Path(args.run_dir).resolve()),
         "round-timeout": args.round_timeout,
+        "secagg": bool(getattr(args, "secagg", False)),
     }
 
 

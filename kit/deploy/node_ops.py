@@ -18,6 +18,7 @@ from kit.deploy.messages import EvalReply, NodeInfo, SyncReport, SyncRequest, Tr
 from kit.deploy.node_link import state_dir
 from kit.deploy.recipe import recipe_from_run_config
 from kit.deploy.replica import NodeReplica
+from kit.deploy.secagg import mask_uplink, node_stage
 
 
 def node_replica(run_config: dict, node_config: dict) -> NodeReplica:
@@ -53,13 +54,19 @@ def handle(op: str, run_config: dict, node_config: dict, request: dict) -> dict:
     if op == "train":  # sync to the previous round, then the planned steps of the named client
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
-            r = replica.train(TrainRequest.from_values(request["train"]))
-            reply = TrainReply(r.client, r.wire, r.num_examples, r.loss_sum, r.steps, r.skipped, synced)
+            train = TrainRequest.from_values(request["train"])
+            r = replica.train(train)
+            wire = r.wire
+            if "secagg" in request:  # secure aggregation: the masked vector instead of the uplink
+                wire = mask_uplink(replica.rt.method, replica.dir, train.round, r, request["secagg"])
+            reply = TrainReply(r.client, wire, r.num_examples, r.loss_sum, r.steps, r.skipped, synced)
             return reply.values()
     if op == "evaluate":  # sync to the round just aggregated, then the held-out loss
         with replica_lock(replica.dir):
             synced = _sync(replica, request)
             return EvalReply(replica.eval_loss(), synced).values()
+    if op == "query" and "secagg" in request:  # a step of secure aggregation (keys, shares, unmask)
+        return node_stage(replica.dir, request["secagg"])
     if op == "query":
         info = NodeInfo(
             replica.partition_id,

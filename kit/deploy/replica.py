@@ -31,6 +31,7 @@ from kit.models import load_model
 from kit.module import FedKSeedModule
 from kit.reporting import weights_digest
 from kit.rounds import ClientResult, train_client
+from kit.rounds.privacy import attach_dp
 from kit.snapshot import WeightSnapshot
 from kit.zo.master import hp_master_dtype
 
@@ -72,6 +73,9 @@ def _runtime(recipe: Recipe) -> _Runtime:
         module = FedKSeedModule(**recipe.hp)
         module.net = load_model(recipe.hp["model"], dtype=hp_master_dtype(recipe.hp), device="cpu")
         method = build_method(recipe.method, recipe.hp, recipe.settings)
+        fed = recipe.config
+        shape = dm.num_clients_effective, fed.fraction, recipe.rounds
+        attach_dp(method, fed.privacy, fed.settings.seed, *shape)
         module.net = method.prepare(module.net)
         _RUNTIMES[key] = _Runtime(dm, module, method, method.global_params())
     return _RUNTIMES[key]

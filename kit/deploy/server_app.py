@@ -1,7 +1,8 @@
 """The ServerApp: FedKSeed's strategy (kit/deploy/strategy.py) over the run config's recipe.
 
 Run config keys: `recipe` (comma-separated recipe paths), `overrides` (JSON of dotted keys),
-`run-dir`, `round-timeout` (s), `replay-rate`, `bandwidth` (catch-up cost model), `merged-after`.
+`run-dir`, `round-timeout` (s), `replay-rate`, `bandwidth` (catch-up cost model), `merged-after`,
+`secagg` (true: FedKSeed's uplinks are masked pairwise, the server learns only their sum; docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def strategy_from_run_config(run_config) -> FedKSeedStrategy:
         replay_rate=float(run_config.get("replay-rate", 5e8)),
         bandwidth=float(run_config.get("bandwidth", 12.5e6)),
         merged_after=int(run_config.get("merged-after", 0)),
+        secagg=str(run_config.get("secagg", "false")).lower() in ("true", "1"),
     )
 
 

@@ -29,15 +29,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from kit.atomic import load_verified
+from kit.deploy import secagg
 from kit.deploy.messages import EvalReply, SyncRequest, TrainReply, TrainRequest
 from kit.deploy.nodes import Nodes
 from kit.deploy.recipe import Recipe
 from kit.deploy.records import round_record, runtime_fields, save_state, write_config
 from kit.deploy.wire import flower_bytes
+from kit.errors import UsageError
 from kit.federation.budget import local_budget
 from kit.methods import build_method
 from kit.models import load_model
 from kit.rounds import ClientResult
+from kit.rounds.privacy import attach_dp
 from kit.rounds.run import FLOWER_CHECKPOINT, ServerRun, write_metrics_csv
 from kit.rounds.state import check_method
 from kit.rounds.sync import CatchUpCosts, plan_sync
@@ -67,8 +70,10 @@ class FedKSeedStrategy(Strategy):
         bandwidth: float = 12.5e6,
         merged_after: int = 0,
         check_replicas: bool = True,
+        secagg: bool = False,
     ) -> None:
         self.recipe, self.run_dir, self.check_replicas = recipe, Path(run_dir), check_replicas
+        self.secagg = secagg  # FedKSeed's uplinks masked pairwise: the server sees only their sum
         self.nodes = Nodes(round_timeout)
         self.costs = CatchUpCosts(replay_rate, bandwidth, merged_after)
         self.ckpt = self.run_dir / "checkpoints" / FLOWER_CHECKPOINT
@@ -111,16 +116,22 @@ class FedKSeedStrategy(Strategy):
     ) -> Iterable[Message]:
         if self.nodes.num_clients is None:
             raise RuntimeError("no node answered the discovery query: are SuperNodes connected?")
+        if self.method.dp is None:  # the run's DP mechanism, once the nodes told the number of clients
+            fed = self.recipe.config
+            shape = self.nodes.num_clients, fed.fraction, self.recipe.rounds
+            attach_dp(self.method, fed.privacy, fed.settings.seed, *shape)
         plan = self.run_state.plan(server_round, self.nodes.num_clients)
         self._round = {"plan": plan, "unhosted": [], "down_payload": [], "down_flower": []}
-        messages = []
+        messages, masked = [], self._secagg_setup(grid, plan) if self.secagg else None
         for c, steps in plan.steps:
             node = self.owner(c)
-            if node is None:
+            if node is None or (masked is not None and c not in masked):
                 self._round["unhosted"].append(c)
                 continue
             content, payload = self._sync_records(node, server_round - 1)
             content["train"] = ConfigRecord(TrainRequest(server_round, c, steps).values())
+            if masked is not None:
+                content[secagg.RECORD] = self._round["secagg"].train_record(c, masked)
             msg = Message(
                 content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round)
             )
@@ -128,6 +139,21 @@ class FedKSeedStrategy(Strategy):
             self._round["down_flower"].append(flower_bytes(msg))
             messages.append(msg)
         return messages
+
+    def _secagg_setup(self, grid: Grid, plan) -> list[int]:
+        """Secure aggregation's keys and shares for the clients that train this round (kit/deploy/secagg.py);
+        returns those that completed both (the masked clients)."""
+        why = secagg.refusal(self.method)
+        if why:
+            raise UsageError(f"run config secagg=true: {why}")
+        clients_of: dict[int, list[int]] = {}
+        for c, _ in plan.steps:
+            if (node := self.owner(c)) is not None:
+                clients_of.setdefault(node, []).append(c)
+        server = secagg.SecAggServer(plan.round, clients_of, lambda msgs: self.nodes.exchange(grid, msgs)[0])
+        self._round["secagg"] = server
+        self._round["masked"] = masked = server.setup()
+        return masked
 
     # -- 2) aggregate_train ------------------------------------------------------------------------
     def aggregate_train(
@@ -153,7 +179,10 @@ class FedKSeedStrategy(Strategy):
         before = self.run_state.digest  # the nodes synced to round r-1 before training
         mismatched = sum(u.sync.replica_digest != before for *_, u in ups) if self.check_replicas else 0
         samples = {r.client: r.num_examples for r in results}  # the clients' own counts
-        metrics, outcome = self.run_state.close_round(plan, results, samples)
+        secure = None
+        if self.secagg:  # the server learns the sum of the masked vectors that arrived, no single one
+            secure = self._round["secagg"].outcome(self.method, results, self._round["masked"])
+        metrics, outcome = self.run_state.close_round(plan, results, samples, outcome=secure)
         self._round.update(metrics=metrics, results=results, outcome=outcome)
         self._round["answered"] = {node for node, *_ in ups}
         for node, _, u in ups:

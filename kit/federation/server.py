@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,19 +96,28 @@ class Server:
             return None
         return pro_probabilities(self.abs_sum, self.count, self.pro_temperature).astype(np.float32)
 
-    def aggregate_train(self, uplinks: Sequence[Uplink], num_samples: Sequence[int]) -> Downlink:
+    def aggregate_train(
+        self,
+        uplinks: Sequence[Uplink],
+        num_samples: Sequence[int],
+        rule: Callable[[list[np.ndarray]], np.ndarray] | None = None,
+    ) -> Downlink:
         """Aggregate the round's decoded uplinks (ascending client id) into its downlink.
 
+        `rule` replaces the aggregation (central DP: the clipped, noised mean of the scalars).
         No uplink (every client missing or rejected): G = 0, the history and probabilities unchanged.
         """
         order = np.argsort([u.client_id for u in uplinks], kind="stable")
         scalars = [uplinks[i].scalars for i in order]
         if self.scalar_bound is not None:
             scalars = [bound_scalars(s, self.scalar_bound) for s in scalars]
-        counts = [num_samples[i] for i in order]
-        total = combine_scalars(
-            scalars, counts, self.pool.k, self.aggregation, self.equal_weights, self.trim_fraction
-        )
+        if rule is not None:
+            total = rule(scalars).astype(np.float32)
+        else:
+            counts = [num_samples[i] for i in order]
+            total = combine_scalars(
+                scalars, counts, self.pool.k, self.aggregation, self.equal_weights, self.trim_fraction
+            )
         for s in scalars:  # history: one entry per client and touched seed
             touched = np.flatnonzero(s)
             self.abs_sum[touched] += np.minimum(np.abs(s[touched].astype(np.float64)), self.bias_loss_clip)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from kit.errors import UsageError
 from kit.federation.robust import AGGREGATIONS
 from kit.federation.screening import Accepted, Screening, screen_uplinks
 from kit.zo.definition import ZDefinition
+
+if TYPE_CHECKING:
+    from kit.privacy.mechanism import DPMechanism
 
 NO_UPDATE = b""  # the downlink of a round with nothing to apply (tensor payloads; FedKSeed sends G = 0)
 
@@ -108,6 +111,9 @@ class Method(ABC):
 
     name: str = ""
     z_record: ZDefinition | None = None  # a run's recorded z: set before `prepare` to rebuild under it
+    dp: DPMechanism | None = None  # client-level DP of the uplinks (kit/rounds/privacy.py sets it)
+    central_dp: bool = True  # False: the server releases more than the noised mean (Pro's probabilities)
+    supports_dp: bool = False  # the method clips and noises with `dp` (FedKSeed, the tensor payloads)
 
     @abstractmethod
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:

@@ -33,11 +33,14 @@ from kit.zo.estimator import zo_step
 
 
 class FedKSeed(Method):
+    supports_dp = True
+
     """FedKSeed (`pro=False`) or FedKSeed-Pro (`pro=True`) over the module's ZO args `hp`."""
 
     def __init__(self, hp: Mapping, fed: FedSettings, pro: bool = False) -> None:
         self.name = "fedkseed-pro" if pro else "fedkseed"
         self.hp, self.fed = hp, fed
+        self.central_dp = not pro  # Pro's probabilities come from the un-noised per-client history
         self.pool = SeedPool(fed.num_seeds, fed.seed)
         self.server = Server(
             self.pool,
@@ -79,15 +82,64 @@ class FedKSeed(Method):
 
     def decode_uplink(self, server_round: int, wire: bytes) -> tuple[int, Uplink]:
         up = decode_uplink(wire, self.pool.k, self.pool.fingerprint, expected_round=server_round)
-        check_scalars(up.scalars, self.uplink_bound)
+        check_scalars(up.scalars, self._screen_bound())
         return up.client_id, up
+
+    def _screen_bound(self) -> float | None:
+        """The scalar bound; local DP: an honest client's clipped scalar plus 10 noise std (a noise draw
+        beyond it has probability 1.5e-23)."""
+        if self.uplink_bound is None or self.dp is None or self.dp.mode != "local":
+            return self.uplink_bound
+        return min(self.uplink_bound, self.dp.clip) + 10 * self.dp.std
+
+    def aggregate_train(
+        self, server_round: int, uplinks: Sequence[tuple[int, bytes]], num_samples: Mapping[int, int]
+    ) -> tuple[bytes, object]:
+        self._sampled = sorted(num_samples)  # central DP: the noise's support is the sampled clients' seeds
+        return super().aggregate_train(server_round, uplinks, num_samples)
 
     def aggregate_accepted(
         self, server_round: int, accepted: Sequence[Accepted], num_samples: Sequence[int]
     ) -> bytes:
         # no accepted uplink: G = 0 still goes down (header only), keeping rounds and Pro's p aligned
-        down = self.server.aggregate_train([a.value for a in accepted], num_samples)
+        rule = None
+        if self.dp is not None and self.dp.mode == "central":
+            support = np.unique(np.concatenate([self.planned_seeds(server_round, c) for c in self._sampled]))
+            rule = lambda scalars: self.dp.central_mean(server_round, scalars, self.pool.k, support)  # noqa: E731
+        down = self.server.aggregate_train([a.value for a in accepted], num_samples, rule)
         return encode_downlink(down, self.pool.fingerprint)
+
+    # -- secure aggregation (kit/privacy/secagg.py, on Flower: kit/deploy/secagg.py) ----------------
+    def secure_refusal(self) -> str | None:
+        """Why this configuration cannot aggregate masked sums (None: it can)."""
+        fed = self.fed
+        if self.server.pro:
+            return "fedkseed-pro's probabilities need each client's scalars; use --method fedkseed"
+        if fed.aggregation != "mean" or fed.scalar_bound is not None:
+            return "robust rules and --fed.scalar_bound need each client's scalars; use the mean"
+        if self.dp is not None and self.dp.mode == "central":
+            return "central DP clips each client's scalars at the server; use --fed.dp_mode local"
+        return None
+
+    def secure_vector(self, server_round: int, wire: bytes, num_examples: int) -> np.ndarray:
+        """A client's summand: [w * scalars, w] with w its sample count (1 under equal weights), so the
+        sum over clients gives the server's weighted mean and nothing more."""
+        _, up = self.decode_uplink(server_round, wire)
+        w = 1.0 if self.fed.equal_weights else float(num_examples)
+        return np.concatenate([w * up.scalars.astype(np.float64), [w]])
+
+    def aggregate_secure(self, server_round: int, total: np.ndarray | None) -> bytes:
+        """The downlink from the sum of the clients' `secure_vector`s (None or weight 0: G = 0)."""
+        k = self.pool.k
+        g = np.zeros(k) if total is None or not total[k] > 0 else total[:k] / total[k]
+        down = self.server.aggregate_train([], [], lambda _scalars: g)
+        return encode_downlink(down, self.pool.fingerprint)
+
+    def planned_seeds(self, server_round: int, client_id: int) -> np.ndarray:
+        """The seed indices of `client_id`'s tau steps in `server_round` (a function of the seeds and
+        the round's probabilities, not of data)."""
+        fed, k = self.fed, self.pool.k
+        return sample_seed_indices(fed.seed, server_round, client_id, fed.local_steps, self.probs, k)
 
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:
         down = decode_downlink(downlink, self.pool.k, self.pool.fingerprint, expected_round=server_round)
@@ -165,9 +217,7 @@ class FedKSeed(Method):
 class _FedKSeedClient(ClientUpdate):
     def __init__(self, method: FedKSeed, server_round: int, client_id: int, loss_fn: LossFn) -> None:
         self.m, self.round, self.client_id, self.loss_fn = method, server_round, client_id, loss_fn
-        self.indices = sample_seed_indices(
-            method.fed.seed, server_round, client_id, method.fed.local_steps, method.probs, method.pool.k
-        )
+        self.indices = method.planned_seeds(server_round, client_id)
         self.acc = np.zeros(method.pool.k, dtype=np.float64)
 
     def step(self, batch: dict, local_step: int) -> StepOutcome:
@@ -189,5 +239,8 @@ class _FedKSeedClient(ClientUpdate):
         return StepOutcome(out.loss, out.skipped)
 
     def finish(self) -> bytes:
+        dp = self.m.dp
+        if dp is not None and dp.mode == "local":  # clipped, noised at the seeds it was to touch
+            self.acc = dp.local(self.round, self.client_id, self.acc, np.unique(self.indices))
         up = Uplink(self.round, self.client_id, self.acc.astype(np.float32))
         return encode_uplink(up, self.m.pool.fingerprint)

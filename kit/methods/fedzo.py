@@ -78,4 +78,7 @@ class _FedZOClient(ClientUpdate):
         # formed in place (no second copy of the model)
         for (_, p), g in zip(self.m.named, self.saved_global(), strict=True):
             p.sub_(g.to(p.device))
-        return self.m.encode_uplink(self.round, self.client_id, {n: p for n, p in self.m.named})
+        tensors = {n: p for n, p in self.m.named}
+        if self.m.dp is not None and self.m.dp.mode == "local":
+            tensors = self.m.dp_local(self.round, self.client_id, tensors)
+        return self.m.encode_uplink(self.round, self.client_id, tensors)

@@ -55,15 +55,18 @@ class FirstOrder(TensorPayloadMethod):
         loss_fn: LossFn,
         saved_global: Callable[[], Iterable[torch.Tensor]],
     ) -> ClientUpdate:
-        return _FirstOrderClient(self, server_round, client_id, loss_fn)
+        return _FirstOrderClient(self, server_round, client_id, loss_fn, saved_global)
 
     def summary(self) -> dict:
         return {**super().summary(), "optimizer": self.optimizer, "adapter": self.adapter}
 
 
 class _FirstOrderClient(ClientUpdate):
-    def __init__(self, method: FirstOrder, server_round: int, client_id: int, loss_fn: LossFn) -> None:
+    def __init__(
+        self, method: FirstOrder, server_round: int, client_id: int, loss_fn: LossFn, saved_global
+    ) -> None:
         self.m, self.round, self.client_id, self.loss_fn = method, server_round, client_id, loss_fn
+        self.saved_global = saved_global
         # dropout (LoRA, prompt encoder) draws from the global RNG: make it a function of
         # (seed, round, client), so results do not depend on the process that trains the client
         torch.manual_seed(mix(method.fed.seed, server_round, client_id, 0xD20))
@@ -87,4 +90,7 @@ class _FirstOrderClient(ClientUpdate):
     def finish(self) -> bytes:
         self.opt = None  # free the optimizer state before encoding
         self.m.net.eval()
-        return self.m.encode_uplink(self.round, self.client_id, {n: p.detach() for n, p in self.m.named})
+        tensors = {n: p.detach() for n, p in self.m.named}
+        if self.m.dp is not None and self.m.dp.mode == "local":
+            tensors = self.m.dp_local(self.round, self.client_id, tensors, self.saved_global())
+        return self.m.encode_uplink(self.round, self.client_id, tensors)

@@ -12,6 +12,7 @@ The checkpoint holds the global values of the shared parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ from kit.methods.base import NO_UPDATE, FedSettings, Method
 
 
 class TensorPayloadMethod(Method):
+    supports_dp = True
+
     """Base of FedZO and the first-order methods; subclasses set `sends_delta` and `_make_trainable`."""
 
     sends_delta = False  # FedZO uploads theta_c - theta_g; the others their parameters' values
@@ -82,6 +85,8 @@ class TensorPayloadMethod(Method):
         if self.fed.screen_bound:
             norm = payload_norm(msg.tensors.values())
             numel = sum(t.numel() for t in msg.tensors.values())
+            if self.dp is not None and self.dp.mode == "local":  # less the noise: sqrt(n) + 10 std w.h.p.
+                norm = max(0.0, norm - self.dp.clip - self.dp.std * (math.sqrt(numel) + 10))
             check_tensor_norm(norm, self._global_norm, numel, self.fed.tensor_norm_ratio, self.sends_delta)
         return msg.client_id, None  # validated; the tensors are let go
 
@@ -90,6 +95,9 @@ class TensorPayloadMethod(Method):
     ) -> bytes:
         if not accepted:
             return NO_UPDATE
+        if self.dp is not None and self.dp.mode == "central":
+            total = self._dp_central(server_round, accepted)
+            return encode_tensors(DOWNLINK, server_round, NO_CLIENT, total, self.wire_dtype)
         if self.fed.aggregation != "mean":
             msgs = [self._decode(server_round, a.wire).tensors for a in accepted]
             total = {
@@ -111,6 +119,51 @@ class TensorPayloadMethod(Method):
                 for n, t in msg.tensors.items():
                     total[n].add_(t, alpha=float(w))
         return encode_tensors(DOWNLINK, server_round, NO_CLIENT, total, self.wire_dtype)
+
+    # -- client-level DP (DP-FedAvg on the flattened update; kit/privacy) ---------------------------
+    @torch.no_grad()
+    def _dp_central(self, server_round: int, accepted: Sequence[Accepted]) -> dict[str, torch.Tensor]:
+        """The global values moved by (sum of the clipped changes + noise) / m (the change itself for
+        `sends_delta`). The round core restores the global values before aggregating."""
+        dp = self.dp
+        glob = {n: p.detach().float().cpu() for n, p in self.named}
+        total = {n: torch.zeros_like(g) for n, g in glob.items()}
+        for a in accepted:  # ascending client id, one decoded payload at a time
+            change = self._decode(server_round, a.wire).tensors
+            if not self.sends_delta:
+                change = {n: t.float().sub_(glob[n]) for n, t in change.items()}
+            factor = dp.clip_factor(payload_norm(change.values()))
+            for n, t in change.items():
+                total[n].add_(t.float(), alpha=factor)
+        noise = self._flat_noise(dp.central_words(server_round))
+        for n, t in total.items():
+            t.add_(noise[n]).div_(dp.sample_size)
+            if not self.sends_delta:
+                t.add_(glob[n])
+        return total
+
+    @torch.no_grad()
+    def dp_local(
+        self, server_round: int, client_id: int, tensors: Mapping[str, torch.Tensor], glob=None
+    ) -> dict[str, torch.Tensor]:
+        """Local DP of a client's payload: its change (`tensors` minus the global values `glob`, or
+        `tensors` itself for `sends_delta`) clipped and noised by the client, as it sends it."""
+        dp = self.dp
+        change = {n: t.detach().to("cpu", torch.float32, copy=True) for n, t in tensors.items()}
+        if not self.sends_delta:
+            pairs = zip(self.named, glob, strict=True)
+            glob = {n: g.detach().to("cpu", torch.float32) for (n, _), g in pairs}
+            change = {n: t.sub_(glob[n]) for n, t in change.items()}
+        factor = dp.clip_factor(payload_norm(change.values()))
+        noise = self._flat_noise(dp.local_words(server_round, client_id))
+        out = {n: t.mul_(factor).add_(noise[n]) for n, t in change.items()}
+        return out if self.sends_delta else {n: t.add_(glob[n]) for n, t in out.items()}
+
+    def _flat_noise(self, words: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The noise of the flattened payload (spec order), split per tensor."""
+        sizes = [math.prod(shape) for _, shape in self.spec]
+        flat = torch.from_numpy(self.dp.noise(sum(sizes), words, np.float32))
+        return {n: part.view(shape) for (n, shape), part in zip(self.spec, flat.split(sizes), strict=True)}
 
     @torch.no_grad()
     def apply_downlink(self, server_round: int, downlink: bytes) -> dict[str, float]:

@@ -3,7 +3,8 @@
     config = FedConfig.from_flags({"fraction": 0.1, "local_steps": 3})   # a recipe's `fed:` mapping
 
 The concerns: the methods' federation settings (`kit.methods.FedSettings`), client sampling
-(`fraction`), faults (`kit.federation.faults.FaultModel`), evaluation (`EvalConfig`), and two
+(`fraction`), faults (`kit.federation.faults.FaultModel`), evaluation (`EvalConfig`), differential
+privacy (`kit.privacy.PrivacyConfig`), and two
 Lightning-only runtime knobs (`snapshot`, `progress`). Lightning's `fed` group (kit/loop.py) and a
 Flower recipe (kit/deploy/recipe.py) both build a `FedConfig`; each dataclass's defaults are the
 flags' defaults (`FLAG_DEFAULTS`), and the CLI's signature is tested against them.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, fields
 
 from kit.federation.faults import FaultModel
 from kit.methods.base import FedSettings
+from kit.privacy.config import PrivacyConfig
 
 SUITES = ("ni", "dolly")
 
@@ -71,8 +73,16 @@ class FedConfig:
     progress: bool = True
     local_epochs: int | None = None
     """first-order methods: whole passes over a client's data per round (null: `local_steps`)."""
+    privacy: PrivacyConfig = PrivacyConfig()
+    """client-level differential privacy of the uplinks (`dp_*` flags, kit/privacy)."""
 
     def __post_init__(self) -> None:
+        if self.privacy.dp_mode == "central" and self.settings.aggregation != "mean":
+            raise ValueError(
+                f"--fed.dp_mode central bounds each client's pull on the mean; --fed.aggregation "
+                f"{self.settings.aggregation} has another sensitivity: use --fed.aggregation mean "
+                "(or --fed.dp_mode local)"
+            )
         if self.local_epochs is not None and self.local_epochs < 1:
             raise ValueError(
                 f"--fed.local_epochs must be >= 1 or null (use --fed.local_steps), got {self.local_epochs}"
@@ -102,6 +112,7 @@ class FedConfig:
             f["snapshot"],
             f["progress"],
             f["local_epochs"],
+            pick(PrivacyConfig),
         )
 
 
@@ -114,6 +125,7 @@ FLAG_DEFAULTS: dict = {
     "fraction": 0.05,
     **_field_defaults(FaultModel),
     **_field_defaults(EvalConfig),
+    **_field_defaults(PrivacyConfig),
     "snapshot": "auto",
     "progress": True,
     "local_epochs": None,

@@ -72,13 +72,16 @@ class ServerRun:
         num_samples: Mapping[int, int],
         restore: Callable[[], None] | None = None,
         save: Callable[[], None] | None = None,
+        outcome: RoundOutcome | None = None,
     ) -> tuple[dict, RoundOutcome]:
         """Aggregate the round's uplinks (arrival order), apply the downlink to the global model
-        (`restore` puts the global values back first, `save` keeps them after), record its digest;
-        returns the round's metrics so far and the outcome."""
-        outcome = aggregate_round(self.method, plan, results, num_samples)
-        if restore is not None:
+        (`restore` puts the global values back first, `save` keeps them after), record its digest
+        and, under DP, the accountant's epsilon so far (`dp/epsilon`); returns the round's metrics so
+        far and the outcome."""
+        if restore is not None:  # the global values first: central DP's server rule reads them
             restore()
+        if outcome is None:  # (secure aggregation brings its outcome: the server saw only a sum)
+            outcome = aggregate_round(self.method, plan, results, num_samples)
         method_metrics = self.method.apply_downlink(plan.round, outcome.downlink)
         if save is not None:
             save()
@@ -89,6 +92,8 @@ class ServerRun:
             **round_metrics(results, outcome, method_metrics),
             **self.reporter.record_faults(plan.round, plan.faults, outcome.screening),
         }
+        if self.method.dp is not None:
+            metrics["dp/epsilon"] = self.method.dp.epsilon(plan.round)
         return metrics, outcome
 
     def finish_metrics(self, metrics: dict, results: Sequence[ClientResult], outcome: RoundOutcome) -> None:
@@ -102,7 +107,10 @@ class ServerRun:
         return {**state, "master_dtype": self.master_dtype, **self.reporter.state_dict()}
 
     def facts(self, num_clients: int, dropped_examples: Mapping, runtime: str) -> dict:
-        return {**self._facts(num_clients, dropped_examples, runtime), "master_dtype": self.master_dtype}
+        dp = self.method.dp
+        privacy = dp.facts(self.rounds_done) if dp is not None else None
+        facts = self._facts(num_clients, dropped_examples, runtime)
+        return {**facts, "master_dtype": self.master_dtype, "privacy": privacy}
 
     def _facts(self, num_clients: int, dropped_examples: Mapping, runtime: str) -> dict:
         return run_facts(
