@@ -83,7 +83,7 @@ def make_figures(root: Path, out: Path) -> dict:
             out / "fig1-pool.png",
         )
     # 3: Pro vs FedKSeed, and Pro's probability spread per round
-    if curve_rows({"fedkseed", "fedkseed-pro"}):
+    if curve_rows({"fedkseed-pro"}):  # a figure only where its claim has runs
         rows = curve_rows({"fedkseed", "fedkseed-pro"})
         _save(draw_curves(rows, "Figure 3: FedKSeed-Pro vs FedKSeed"), out / "fig3-pro.png")
     spread: dict[int, list[float]] = {}
@@ -98,7 +98,7 @@ def make_figures(root: Path, out: Path) -> dict:
         key: _final(methods, key)
         for key in ("eval_loss_before", "eval_loss_after", "rougeL", "rougeL_paper", "total_bytes")
     }
-    if methods:
+    if {m for _, m, _, _ in methods} - {"fedkseed", "fedkseed-pro", "fedzo"}:  # a baseline ran
         fig, (ax_loss, ax_rouge) = plt.subplots(1, 2, figsize=(13, 4.5))
         after, total, rouge = (
             numbers["final"][k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper")
@@ -130,7 +130,7 @@ def make_figures(root: Path, out: Path) -> dict:
         s = json.loads((run / "summary.json").read_text())
         per_k.setdefault(int(s["K"]), []).append(float(s["eval_loss_after"]))
     numbers["k_sweep_eval_loss_after"] = {k: (*mean_std(v), len(v)) for k, v in sorted(per_k.items())}
-    if per_k:
+    if len(per_k) > 1:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         xs = sorted(per_k)
         ms = [mean_std(per_k[k]) for k in xs]
