@@ -217,7 +217,8 @@ def test_node_worker_serves_messages_and_dies_with_its_supernode(tiny_model_dir,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fedkseed-pro", "fedit"])
+# fedit's weights catch-up also runs by default on LocalGrid (tests/test_flower_methods.py); opt in: -m long
+@pytest.mark.parametrize("name", ["fedkseed-pro", pytest.param("fedit", marks=pytest.mark.long)])
 def test_real_processes_server_restart_node_kill_and_catch_up(name, tiny_model_dir, data_root, tmp_path):
     """One deployment on 127.0.0.1 (`flower-superlink` + 3 `flower-supernode`), four `flwr run`s:
 

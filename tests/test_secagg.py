@@ -144,6 +144,7 @@ def test_a_client_lost_after_masking_is_recovered_from_the_shares(tiny_model_dir
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 81-384 s; the LocalGrid SecAgg tests above run the same protocol by default
 def test_secagg_over_real_processes_equals_the_plain_localgrid_run(tiny_model_dir, data_root, tmp_path):
     """`flower-superlink` + 3 `flower-supernode`s on 127.0.0.1, each node's work in its worker: the
     protocol's records cross real gRPC and the worker's socket; same G bits as in one process."""
