@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -19,11 +14,11 @@ from kit.deploy.client_app import app as client_app
 from kit.deploy.local_grid import LocalGrid
 from kit.privacy.accountant import central_epsilon
 
-from .conftest import REPO, fed_args, method_cli, method_overrides
+from .conftest import fed_args, method_cli, method_overrides
 from .test_deploy_flower import _run_config, _strategy
 from .test_flower_methods import _rows
 from .test_resume import _args as _resume_args
-from .test_resume import _rounds_done
+from .test_resume import _rounds_done, kill_9_inside_round_3
 
 DP = {"fed.dp_clip": 1.0, "fed.dp_noise_multiplier": 0.5}
 
@@ -89,28 +84,7 @@ def test_a_dp_run_killed_mid_round_resumes_bit_identically(tiny_model_dir, data_
     def args(run):
         return [*_resume_args(tiny_model_dir, data_root, run), "--method", "fedkseed", *_dp_cli("central")]
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("FEDKSEED_RUN_DIR", None)
-    with open(tmp_path / "killed.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kit", *args(killed)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 300
-            while _rounds_done(ckpt) < 2:  # round 2's checkpoint is on disk: round 3 has begun
-                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "round 2 did not finish within 300 s"
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+    kill_9_inside_round_3(args(killed), ckpt, tmp_path / "killed.log")
     assert _rounds_done(ckpt) == 2
     main([*args(killed), "--ckpt_path", str(ckpt)])
     main(args(full))

@@ -44,24 +44,18 @@ def _rounds_done(ckpt: Path) -> int:
         return 0
 
 
-# the methods whose global state is a history replayed from theta_0, and Ferret (a tensor checkpoint)
-@pytest.mark.parametrize("method", ["fedkseed-pro", "decomfl", "feedsign", "ferret"])
-def test_kill_9_mid_round_then_resume_equals_an_uninterrupted_run(
-    method, tiny_model_dir, data_root, tmp_path
-):
-    killed, full = tmp_path / "killed", tmp_path / "full"
-    ckpt = killed / "checkpoints" / LAST
+def kill_9_inside_round_3(args: list[str], ckpt: Path, log_path: Path) -> None:
+    """Run `fedkseed ARGS` in its own process and kill -9 it once round 2's checkpoint is on disk."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FEDKSEED_RUN_DIR", None)
-    with open(tmp_path / "killed.log", "wb") as log:
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kit", *_args(tiny_model_dir, data_root, killed, method)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "kit", *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.monotonic() + 300
             while _rounds_done(ckpt) < 2:  # round 2's checkpoint is on disk: round 3 has begun
-                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
+                assert proc.poll() is None, log_path.read_text()[-2000:]
                 assert time.monotonic() < deadline, "round 2 did not finish within 300 s"
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
@@ -70,6 +64,16 @@ def test_kill_9_mid_round_then_resume_equals_an_uninterrupted_run(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
+
+
+# the methods whose global state is a history replayed from theta_0, and Ferret (a tensor checkpoint)
+@pytest.mark.parametrize("method", ["fedkseed-pro", "decomfl", "feedsign", "ferret"])
+def test_kill_9_mid_round_then_resume_equals_an_uninterrupted_run(
+    method, tiny_model_dir, data_root, tmp_path
+):
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    ckpt = killed / "checkpoints" / LAST
+    kill_9_inside_round_3([*_args(tiny_model_dir, data_root, killed, method)], ckpt, tmp_path / "killed.log")
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["rounds"] == 2 and not summary["finished"]  # killed inside round 3, not after it
     assert _rounds_done(ckpt) == 2
