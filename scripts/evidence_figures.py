@@ -10,6 +10,7 @@ writes `ROOT/figures/fig{1..4}-*.png` and `ROOT/figures/numbers.json` (every val
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -41,6 +42,31 @@ def finished_runs(grid_dir: Path) -> list[tuple[str, str, int, Path]]:
             run = summary.parent
             runs.append((run.parent.parent.name, run.parent.name, int(run.name[4:]), run))
     return runs
+
+
+def k_sweep(runs) -> tuple[dict[int, list[float]], int]:
+    """Per K (summary.json's), the runs' eval losses at the last round that every run measured."""
+    curves = {run: run_curve("", "", 0, run) for *_, run in runs}
+    common = min((c.rounds[-1] for c in curves.values() if c.rounds), default=0)
+    per_k: dict[int, list[float]] = {}
+    for run, curve in curves.items():
+        loss = dict(zip(curve.rounds, curve.eval_loss, strict=True)).get(common)
+        if loss is not None:
+            per_k.setdefault(int(json.loads((run / "summary.json").read_text())["K"]), []).append(loss)
+    return per_k, common
+
+
+def drop_over_spread(runs) -> dict | None:
+    """The mean drop of the final eval loss below the start over seeds, its seeds' std, and their ratio
+    (figure 1's criterion: the drop is several times the spread); None below two seeds."""
+    drops = []
+    for *_, run in runs:
+        s = json.loads((run / "summary.json").read_text())
+        drops.append(s["eval_loss_before"] - s["eval_loss_after"])
+    if len(drops) < 2:
+        return None
+    mean, std = mean_std(drops)
+    return {"seeds": len(drops), "drop": mean, "std": std, "ratio": mean / std if std else math.inf}
 
 
 def _save(fig, path: Path) -> None:
@@ -82,6 +108,9 @@ def make_figures(root: Path, out: Path) -> dict:
             draw_curves(curve_rows({"fedkseed", "fedzo"}), "Figure 1: FedKSeed vs FedZO"),
             out / "fig1-pool.png",
         )
+    numbers["drop_over_seed_spread"] = {
+        m: drop_over_spread(r for r in methods if r[1] == m) for m in METHODS_ORDER
+    }
     # 3: Pro vs FedKSeed, and Pro's probability spread per round
     if curve_rows({"fedkseed-pro"}):  # a figure only where its claim has runs
         rows = curve_rows({"fedkseed", "fedkseed-pro"})
@@ -123,19 +152,17 @@ def make_figures(root: Path, out: Path) -> dict:
         fig.tight_layout()
         _save(fig, out / "fig4-methods.png")
         _save(draw_curves(curves, "Figure 4b: eval loss curves of every method"), out / "fig4-curves.png")
-    # 2: K sweep (K = 1024 is the methods grid's FedKSeed)
-    ks = finished_runs(root / "k")
-    per_k: dict[int, list[float]] = {}
-    for _, _, _, run in [*ks, *(r for r in methods if r[1] == "fedkseed")]:
-        s = json.loads((run / "summary.json").read_text())
-        per_k.setdefault(int(s["K"]), []).append(float(s["eval_loss_after"]))
-    numbers["k_sweep_eval_loss_after"] = {k: (*mean_std(v), len(v)) for k, v in sorted(per_k.items())}
+    # 2: K sweep at the last round every K run measured (K = 1024: the methods grid's FedKSeed)
+    k_runs = [*finished_runs(root / "k"), *(r for r in methods if r[1] == "fedkseed")]
+    per_k, k_round = k_sweep(k_runs)
+    numbers["k_sweep_round"] = k_round
+    numbers["k_sweep_eval_loss"] = {k: (*mean_std(v), len(v)) for k, v in sorted(per_k.items())}
     if len(per_k) > 1:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         xs = sorted(per_k)
         ms = [mean_std(per_k[k]) for k in xs]
         ax.errorbar(xs, [m for m, _ in ms], yerr=[s or 0 for _, s in ms], fmt="o-", capsize=3)
-        ax.set(xscale="log", xlabel="K (seed pool size)", ylabel="eval loss after the last round")
+        ax.set(xscale="log", xlabel="K (seed pool size)", ylabel=f"eval loss after round {k_round}")
         ax.set_xticks(xs, [str(k) for k in xs])
         ax.set_title("Figure 2: FedKSeed's K (mean ± std over seeds)")
         fig.tight_layout()

@@ -81,8 +81,10 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, data_root, tmp_path
         # the per-step seed methods: their server applies tau x P scalars / tau majority signs per round
         ["--method", "decomfl", "--model.zo_perturbations", "2", "--model.zo_estimator", "forward"],
         ["--method", "feedsign"],
+        # first-order steps projected on K bases per block, reconstructed by the server
+        ["--method", "ferret", "--fed.num_seeds", "16", "--fed.rouge_at_end", "false"],
     ],
-    ids=["fedkseed-pro-steps", "fedit-epochs", "decomfl", "feedsign"],
+    ids=["fedkseed-pro-steps", "fedit-epochs", "decomfl", "feedsign", "ferret"],
 )
 def test_two_processes_match_one(extra, tiny_model_dir, data_root, tmp_path):
     env = {**os.environ, "FEDKSEED_DATA_ROOT": str(data_root)}
