@@ -28,11 +28,11 @@ from kit.federation.seeds import SeedPool
 from kit.federation.server import Server, sample_seed_indices
 from kit.federation.sync import apply_scalars, merged_replay, replay, round_decay
 from kit.methods.base import ClientUpdate, FedSettings, LossFn, Method, StepOutcome
-from kit.methods.zo_common import make_perturber
+from kit.methods.zo_common import SeededWeights
 from kit.zo.estimator import zo_step
 
 
-class FedKSeed(Method):
+class FedKSeed(SeededWeights, Method):
     supports_dp = True
 
     """FedKSeed (`pro=False`) or FedKSeed-Pro (`pro=True`) over the module's ZO args `hp`."""
@@ -64,15 +64,6 @@ class FedKSeed(Method):
             if fed.screen_bound
             else None
         )
-
-    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
-        net.requires_grad_(False)  # ZO needs no autograd graph
-        self._params = list(net.parameters())
-        self.perturber = make_perturber(net, self.hp, self.z_record)
-        return net
-
-    def global_params(self) -> list[torch.Tensor]:
-        return self._params
 
     def client(self, server_round: int, client_id: int, loss_fn: LossFn, saved_global) -> ClientUpdate:
         return _FedKSeedClient(self, server_round, client_id, loss_fn)

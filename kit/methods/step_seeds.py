@@ -34,7 +34,7 @@ from kit.federation.messages import (
 )
 from kit.federation.screening import Accepted
 from kit.methods.base import FedSettings, Method
-from kit.methods.zo_common import make_perturber
+from kit.methods.zo_common import SeededWeights
 from kit.zo.perturb import Perturber
 from kit.zo.seeding import mix
 
@@ -67,7 +67,7 @@ def coin(*key: int) -> float:
     return 1.0 if mix(*key) & 1 else -1.0
 
 
-class StepSeedMethod(Method):
+class StepSeedMethod(SeededWeights, Method):
     """Server-chosen per-step seeds, `width` values per step up and down, replayed in step order."""
 
     width: int = 1  # values per local step
@@ -106,15 +106,6 @@ class StepSeedMethod(Method):
         """The round's downlink values from the accepted clients' (ascending id; possibly none)."""
 
     # -- Method --------------------------------------------------------------------------------------
-    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
-        net.requires_grad_(False)  # ZO needs no autograd graph
-        self._params = list(net.parameters())
-        self.perturber = make_perturber(net, self.hp, self.z_record)
-        return net
-
-    def global_params(self) -> list[torch.Tensor]:
-        return self._params
-
     def max_uplink_bytes(self) -> int:
         return max_signs_size(self.size) if self.signs else max_uplink_size(self.size)
 

@@ -1,4 +1,5 @@
-"""What the two zeroth-order methods (FedKSeed and FedZO) share: the perturber over all weights."""
+"""What the zeroth-order methods share: the perturber over all weights; and, for those whose global
+update is scalars along seeded z (FedKSeed, DeComFL, FeedSign), the frozen model they move."""
 
 from __future__ import annotations
 
@@ -24,3 +25,24 @@ def make_perturber(net: torch.nn.Module, hp: Mapping, recorded: ZDefinition | No
         backend=hp["zo_backend"],
         recorded=recorded,
     )
+
+
+class SeededWeights:
+    """`prepare` and `global_params` of a method that moves every weight by scalars along seeded z: no
+    autograd graph, the global parameters are all of the net's, one perturber over them.
+
+    Mixed in before `Method`; the class sets `hp` and `z_record` (and `perturber = None`) itself."""
+
+    hp: Mapping
+    z_record: ZDefinition | None
+    perturber: Perturber | None
+    _params: list[torch.Tensor]
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        net.requires_grad_(False)  # ZO needs no autograd graph
+        self._params = list(net.parameters())
+        self.perturber = make_perturber(net, self.hp, self.z_record)
+        return net
+
+    def global_params(self) -> list[torch.Tensor]:
+        return self._params
