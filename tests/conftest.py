@@ -73,6 +73,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+# FedIT on one local epoch with overlong examples kept: clients of unequal step counts, skipped steps
+FEDIT_ONE_EPOCH_KEEP = [
+    "--method",
+    "fedit",
+    "--fed.local_epochs",
+    "1",
+    "--data.overlong",
+    "keep",
+    "--fed.rouge_at_end",
+    "false",
+]
+
+
 def fed_args(model_dir: Path, data_root: Path, run_dir: Path, rounds: int = 3) -> list[str]:
     """`fedkseed fit` arguments of a tiny seeded FedKSeed-Pro federation on the shipped NI data."""
     return [

@@ -125,20 +125,11 @@ def test_first_order_clients_train_one_pass_per_round_and_skip_the_kept_overlong
     from kit.federation.server import sample_clients
     from kit.metrics_csv import read_rows
 
-    from .conftest import fed_args
+    from .conftest import FEDIT_ONE_EPOCH_KEEP, fed_args
 
     run = tmp_path / "run"
     args = fed_args(tiny_model_dir, data_root, run, rounds=2)
-    args += [
-        "--method",
-        "fedit",
-        "--fed.local_epochs",
-        "1",
-        "--data.overlong",
-        "keep",
-        "--fed.rouge_at_end",
-        "false",
-    ]
+    args += FEDIT_ONE_EPOCH_KEEP
     main(args)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["local_budget"] == {"unit": "epochs", "value": 1}

@@ -12,7 +12,7 @@ import pytest
 
 from kit.cli import main
 
-from .conftest import REPO, paper_rouge_from_generations, rouge_from_generations
+from .conftest import FEDIT_ONE_EPOCH_KEEP, REPO, paper_rouge_from_generations, rouge_from_generations
 from .conftest import fed_args as _args
 
 
@@ -66,18 +66,7 @@ def test_resume_reproduces_uninterrupted_run(tiny_model_dir, data_root, tmp_path
     "extra",
     [
         [],
-        # FedIT on one local epoch: clients of unequal step counts (padding to the busiest process), kept
-        # overlong examples (skipped steps)
-        [
-            "--method",
-            "fedit",
-            "--fed.local_epochs",
-            "1",
-            "--data.overlong",
-            "keep",
-            "--fed.rouge_at_end",
-            "false",
-        ],
+        FEDIT_ONE_EPOCH_KEEP,  # clients of unequal step counts: padding to the busiest process
         # the per-step seed methods: their server applies tau x P scalars / tau majority signs per round
         ["--method", "decomfl", "--model.zo_perturbations", "2", "--model.zo_estimator", "forward"],
         ["--method", "feedsign"],
