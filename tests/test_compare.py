@@ -17,7 +17,7 @@ import yaml
 from kit.compare.grid import GridError, load_grid
 from kit.compare.table import markdown, mean_std, read_csv, run_row, summarise, write_csv
 
-from .conftest import REPO
+from .conftest import REPO, rouge_from_generations
 
 
 def _grid(tmp_path: Path, **spec) -> Path:
@@ -266,6 +266,23 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # learning curves beside them
     assert len(read_csv(out / "curves.csv")) == 2 * 3  # two methods, rounds 0-2 (eval loss before, after)
+
+    # Rouge-L scored after the runs (--rouge N): the rebuilt final models on the runs' own examples give the
+    # Rouge-L the runs measured at their end, re-scored independently from the generations; scored once
+    rows = {r["method"]: r for r in a}
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--rouge", "9"]) == 0
+    scored = {r["method"]: r for r in read_csv(out / "comparison.csv")}
+    for method, row in scored.items():
+        files = out / "tiny" / method / "seed1" / "eval" / "final_limit9"
+        n = json.loads((files / "rouge_ni.json").read_text())["n"]
+        assert row["rouge_n"] == n == len((files / "generations_ni.jsonl").read_text().splitlines())
+        assert row["rougeL"] == pytest.approx(
+            rouge_from_generations(files / "generations_ni.jsonl"), abs=1e-9
+        )
+        assert row["rougeL"] == rows[method]["rougeL"], method
+    stamp = (files / "rouge_ni.json").stat().st_mtime_ns
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--rouge", "9"]) == 0
+    assert (files / "rouge_ni.json").stat().st_mtime_ns == stamp
 
 
 def test_comparison_logs_to_wandb_offline(tmp_path, monkeypatch):

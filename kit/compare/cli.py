@@ -4,11 +4,14 @@
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --dry-run   # list the cells
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --wandb      # + W&B
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --report     # tables only
+    fedkseed compare -c recipes/compare/evidence-cpu-methods.yaml --out runs/m --rouge 100  # Rouge-L after
 
 Writes `DIR/comparison.csv` (a row per run), `DIR/comparison.md` (per method: mean ± std over seeds),
 `DIR/comparison.png` (Rouge-L against total bytes), and the learning curves `DIR/curves.csv` and
 `DIR/curves.png` (eval loss per round and against cumulative bytes, per method, mean ± std over seeds).
-Run it again to finish an interrupted grid: finished cells are skipped.
+Run it again to finish an interrupted grid: finished cells are skipped. `--rouge N` scores each finished
+cell's final model on N held-out examples per suite after its run (`kit.compare.rouge_after`): the tables
+then take Rouge-L from those scores.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from pathlib import Path
 from kit.cli_errors import one_line_argparse
 from kit.compare.curves import mean_curves, plot_curves, run_curve, write_curves_csv
 from kit.compare.grid import GridError, load_grid
+from kit.compare.rouge_after import score_run, scores_dir
 from kit.compare.runner import CellResult, is_finished, run_grid
 from kit.compare.table import markdown, plot, run_row, summarise, write_csv
 
 
-def write_outputs(results, out: Path, title: str) -> list[dict]:
+def write_outputs(results, out: Path, title: str, rouge_limit: int | None = None) -> list[dict]:
     """comparison.csv/.md/.png and curves.csv/.png from the finished cells; returns the CSV rows."""
     done = [r for r in results if r.status != "failed"]
-    rows = [run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir) for r in done]
+    rows = [run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir, rouge_limit) for r in done]
     write_csv(rows, out / "comparison.csv")
     summary = summarise(rows)
     (out / "comparison.md").write_text(markdown(summary, title))
@@ -37,6 +41,17 @@ def write_outputs(results, out: Path, title: str) -> list[dict]:
     write_curves_csv(curves, out / "curves.csv")
     plot_curves(curves, out / "curves.png", title)
     return rows
+
+
+def score_cell(result: CellResult, limit: int) -> CellResult:
+    """`result` once its final model is scored at `limit` examples (`failed` when that fails)."""
+    if result.status == "failed":
+        return result
+    print(f"[compare] Rouge-L of {result.cell.name} on {limit} examples ...", flush=True)
+    if score_run(result.run_dir, limit):
+        return result
+    print(f"[compare] Rouge-L of {result.cell.name} FAILED, see {scores_dir(result.run_dir, limit)}.log")
+    return replace(result, status="failed")
 
 
 def log_wandb(rows: list[dict], out: Path, title: str, project: str) -> None:
@@ -70,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, default=1, help="cells run at once (default 1; 4-8 fill a GPU with small models)"
     )
+    parser.add_argument(
+        "--rouge",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score each finished cell's final model on N held-out examples per suite after its run "
+        "(once; reused) and take the tables' Rouge-L from there",
+    )
     parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
     parser.add_argument("--wandb_project", default="fedkseed", help="W&B project")
     one_line_argparse(parser, "fedkseed compare")
@@ -88,16 +111,20 @@ def main(argv: list[str] | None = None) -> int:
             print(cell.name, "fedkseed fit", " ".join(cell.argv))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    if args.jobs < 1:
-        print(f"fedkseed compare: error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
-        return 2
+    for flag, value in (("--jobs", args.jobs), ("--rouge", args.rouge)):
+        if value is not None and value < 1:
+            print(f"fedkseed compare: error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
     if args.report:
         results = [
             CellResult(c, out / c.name, "skipped" if is_finished(out / c.name) else "failed") for c in cells
         ]
     else:
         results = run_grid(cells, out, jobs=args.jobs)
-    rows = write_outputs(results, out, title)
+    if args.rouge:
+        title += f", Rouge-L on {args.rouge} examples scored after the run"
+        results = [score_cell(r, args.rouge) for r in results]
+    rows = write_outputs(results, out, title, args.rouge)
     if args.wandb:
         log_wandb(rows, out, title, args.wandb_project)
     print(f"[compare] {out / 'comparison.md'}\n" + (out / "comparison.md").read_text())

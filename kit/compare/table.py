@@ -17,6 +17,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from kit.compare.rouge_after import read_scores
+
 COLUMNS = (
     "scenario",
     "method",
@@ -48,12 +50,21 @@ def _round_times(run_dir: Path) -> list[float]:
     return [float(v) for v in per_round.values()]
 
 
-def run_row(scenario: str, method: str, seed: int, run_dir: Path) -> dict:
+def run_row(scenario: str, method: str, seed: int, run_dir: Path, rouge_limit: int | None = None) -> dict:
     """One CSV row from a finished run directory; `rougeL` and `rougeL_paper` are means over the scored
-    suites, each suite also gets its own `rougeL_<suite>` and `rougeL_paper_<suite>` columns."""
+    suites, each suite also gets its own `rougeL_<suite>` and `rougeL_paper_<suite>` columns.
+
+    `rouge_limit`: Rouge-L from the final model's scores at that many examples (`kit.compare.rouge_after`;
+    none when not scored) instead of the run's own end-of-run Rouge-L; `rouge_n` gives the examples."""
     s = json.loads((run_dir / "summary.json").read_text())
     rouge, paper = s.get("rougeL") or {}, s.get("rougeL_paper") or {}
     errors = s.get("rougeL_paper_recursion_errors") or {}
+    scored = read_scores(run_dir, rouge_limit) if rouge_limit else None
+    if rouge_limit:
+        scored = scored or {}
+        rouge = {suite: r["rougeL"] for suite, r in scored.items()}
+        paper = {suite: r["rougeL_paper"] for suite, r in scored.items()}
+        errors = {suite: r["rougeL_paper_recursion_errors"] for suite, r in scored.items()}
     times = _round_times(run_dir)
     row = {
         "scenario": scenario,
@@ -74,6 +85,8 @@ def run_row(scenario: str, method: str, seed: int, run_dir: Path) -> dict:
         "global_weights_sha256": s.get("global_weights_sha256"),
         "run_dir": str(run_dir),
     }
+    if rouge_limit:
+        row["rouge_n"] = min((r["n"] for r in scored.values()), default=None)
     privacy = s.get("privacy")
     if privacy:  # a DP run (kit/privacy): its epsilon (None in summary.json: infinite) and noise
         eps = privacy["epsilon"]
