@@ -79,6 +79,7 @@ def draw(numbers: dict[str, dict[str, dict]], path: Path) -> None:
         before = [p[key.replace("after", "before")][0] for per in numbers.values() for p in per.values()]
         if key == "eval_loss_after" and before and before[0] is not None:
             ax.axhline(before[0], color="k", ls="--", lw=1, label="base model")
+            ax.set_yscale("log")  # a collapsed model sits an order of magnitude above the others
         ax.set_xticks(range(len(VARIANTS)), [f"ε = {e}" for e in VARIANTS.values()])
         ax.set(title=label, xlabel="target ε (δ = 1e-5), central DP")
         ax.legend(fontsize=8)
