@@ -145,6 +145,7 @@ class RunReporter:
                 k: v["rougeL_paper_recursion_errors"] for k, v in self.rouge_paper.items()
             }
             or None,
+            "rougeL_round": max((e["round"] for e in h["rougeL"] if e["round"] > 0), default=None),
             "rougeL_before": _round_zero(h["rougeL"]),
             "rougeL_paper_before": _round_zero(h["rougeL_paper"]),
             "rougeL_per_round": h["rougeL"],

@@ -2,8 +2,10 @@
 
     .venv/bin/python scripts/evidence_figures.py docs/results/evidence          # the committed runs
     .venv/bin/python scripts/evidence_figures.py runs/evidence                  # a fresh scripts/evidence.py
+    .venv/bin/python scripts/evidence_figures.py runs/evidence-cpu 100     # Rouge-L of `compare --rouge 100`
 
-Reads `ROOT/methods/**` and `ROOT/k/**` (each run's summary.json and metrics.csv; finished runs only) and
+Reads `ROOT/methods/**` and `ROOT/k/**` (each run's summary.json and metrics.csv; finished runs only; with N,
+Rouge-L from the final models' scores at N examples, else the runs' own Rouge-L of their last round) and
 writes `ROOT/figures/fig{1..4}-*.png` and `ROOT/figures/numbers.json` (every value the text quotes).
 """
 
@@ -19,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kit.compare.curves import draw_curves, mean_curves, run_curve  # noqa: E402
-from kit.compare.table import mean_std  # noqa: E402
+from kit.compare.table import mean_std, run_row  # noqa: E402
 from kit.metrics_csv import read_rows  # noqa: E402
 
 METHODS_ORDER = [
@@ -77,25 +79,23 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _final(runs, key: str) -> dict[str, tuple[float | None, float | None, int]]:
-    """Per method: mean, std and count over seeds of summary.json's `key` (a dict: mean over suites)."""
+def _final(rows: list[dict], key: str) -> dict[str, tuple[float | None, float | None, int]]:
+    """Per method: mean, std and count over seeds of the comparison rows' `key` (`kit.compare.table`)."""
     values: dict[str, list[float]] = {}
-    for _, method, _, run in runs:
-        v = json.loads((run / "summary.json").read_text()).get(key)
-        if isinstance(v, dict):
-            v = statistics.fmean(v.values()) if v else None
-        if v is not None:
-            values.setdefault(method, []).append(float(v))
+    for row in rows:
+        if row.get(key) is not None:
+            values.setdefault(row["method"], []).append(float(row[key]))
     return {m: (*mean_std(v), len(v)) for m, v in values.items()}
 
 
-def make_figures(root: Path, out: Path) -> dict:
+def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = finished_runs(root / "methods")
+    rows = [run_row(*r, rouge_limit) for r in methods]  # Rouge-L of the final models only
     curves = mean_curves([run_curve(*r) for r in methods])
     numbers: dict = {"runs": {m: sum(1 for r in methods if r[1] == m) for m in METHODS_ORDER}}
 
@@ -124,7 +124,7 @@ def make_figures(root: Path, out: Path) -> dict:
     numbers["pro_p_max_over_min"] = {r: mean_std(v) for r, v in sorted(spread.items())}
     # 4: every method at equal rounds: final eval loss, Rouge-L (both scorers) against total bytes
     numbers["final"] = {
-        key: _final(methods, key)
+        key: _final(rows, key)
         for key in ("eval_loss_before", "eval_loss_after", "rougeL", "rougeL_paper", "total_bytes")
     }
     if {m for _, m, _, _ in methods} - {"fedkseed", "fedkseed-pro", "fedzo"}:  # a baseline ran
@@ -174,4 +174,5 @@ def make_figures(root: Path, out: Path) -> dict:
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
-    print(json.dumps(make_figures(root, root / "figures"), indent=1, default=str))
+    rouge_limit = int(sys.argv[2]) if len(sys.argv) > 2 else None  # `compare --rouge N`'s scores
+    print(json.dumps(make_figures(root, root / "figures", rouge_limit), indent=1, default=str))

@@ -176,6 +176,18 @@ def test_run_row_reads_both_scorers_per_suite(tmp_path):
     assert back["rougeL_paper"] == 17.0 and back["rougeL_paper_dolly"] == 30.0
 
 
+def test_run_row_leaves_out_the_rouge_of_an_earlier_round_than_the_last(tmp_path):
+    summary = {"rougeL": {"dolly": 20.0}, "rougeL_paper": {"dolly": 30.0}, "rounds": 20, "rougeL_round": 10}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    row = run_row("s", "fedkseed", 1, tmp_path)  # resumed from 10 to 20 rounds without Rouge at its end
+    assert row["rougeL"] is None and row["rougeL_paper"] is None and "rougeL_dolly" not in row
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "rougeL_round": 20}))
+    assert run_row("s", "fedkseed", 1, tmp_path)["rougeL"] == 20.0
+    del summary["rougeL_round"]  # an older summary: the round from its per-round list
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "rougeL_per_round": [{"round": 10}]}))
+    assert run_row("s", "fedkseed", 1, tmp_path)["rougeL"] is None
+
+
 def _tiny_grid(tmp_path: Path, model_dir: Path, data_root: Path) -> Path:
     scenario = tmp_path / "tiny.yaml"
     scenario.write_text(

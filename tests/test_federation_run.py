@@ -38,6 +38,7 @@ def test_run_writes_config_metrics_checkpoint_and_summary(tiny_model_dir, data_r
     assert s["rougeL_paper"]["ni"] == pytest.approx(paper, rel=1e-12, abs=1e-12)
     assert s["rougeL_paper_recursion_errors"] == {"ni": 0}
     assert s["rougeL_paper_per_round"] == [{"round": 2, "ni": s["rougeL_paper"]["ni"]}]
+    assert s["rougeL_round"] == 2  # the trained model's Rouge-L is of the last round
     assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and ckpt.stat().st_size < 200_000  # seed history, not weights

@@ -50,15 +50,25 @@ def _round_times(run_dir: Path) -> list[float]:
     return [float(v) for v in per_round.values()]
 
 
+def _rouge_round(summary: dict) -> int | None:
+    """The round of the run's own Rouge-L of a trained model (older summaries: from its per-round list)."""
+    if "rougeL_round" in summary:
+        return summary["rougeL_round"]
+    return max((e["round"] for e in summary.get("rougeL_per_round") or [] if e["round"] > 0), default=None)
+
+
 def run_row(scenario: str, method: str, seed: int, run_dir: Path, rouge_limit: int | None = None) -> dict:
     """One CSV row from a finished run directory; `rougeL` and `rougeL_paper` are means over the scored
     suites, each suite also gets its own `rougeL_<suite>` and `rougeL_paper_<suite>` columns.
 
     `rouge_limit`: Rouge-L from the final model's scores at that many examples (`kit.compare.rouge_after`;
-    none when not scored) instead of the run's own end-of-run Rouge-L; `rouge_n` gives the examples."""
+    none when not scored) instead of the run's own end-of-run Rouge-L; `rouge_n` gives the examples.
+    A run's own Rouge-L of an earlier round than its last (a run resumed to more rounds without it) is left
+    out: the row's numbers are all of the final model."""
     s = json.loads((run_dir / "summary.json").read_text())
-    rouge, paper = s.get("rougeL") or {}, s.get("rougeL_paper") or {}
-    errors = s.get("rougeL_paper_recursion_errors") or {}
+    final = _rouge_round(s) in (None, s.get("rounds"))
+    rouge, paper = (s.get("rougeL") or {}, s.get("rougeL_paper") or {}) if final else ({}, {})
+    errors = (s.get("rougeL_paper_recursion_errors") or {}) if final else {}
     scored = read_scores(run_dir, rouge_limit) if rouge_limit else None
     if rouge_limit:
         scored = scored or {}
