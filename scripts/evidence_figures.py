@@ -95,7 +95,7 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
     import matplotlib.pyplot as plt
 
     methods = finished_runs(root / "methods")
-    rows = [run_row(*r, rouge_limit) for r in methods]  # Rouge-L of the final models only
+    table = [run_row(*r, rouge_limit) for r in methods]  # Rouge-L of the final models only
     curves = mean_curves([run_curve(*r) for r in methods])
     numbers: dict = {"runs": {m: sum(1 for r in methods if r[1] == m) for m in METHODS_ORDER}}
 
@@ -113,8 +113,23 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
     }
     # 3: Pro vs FedKSeed, and Pro's probability spread per round
     if curve_rows({"fedkseed-pro"}):  # a figure only where its claim has runs
-        rows = curve_rows({"fedkseed", "fedkseed-pro"})
-        _save(draw_curves(rows, "Figure 3: FedKSeed-Pro vs FedKSeed"), out / "fig3-pro.png")
+        pro = curve_rows({"fedkseed", "fedkseed-pro"})
+        _save(draw_curves(pro, "Figure 3: FedKSeed-Pro vs FedKSeed"), out / "fig3-pro.png")
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for _, method, seed, run in methods:
+            per_round = json.loads((run / "summary.json").read_text()).get("pro_probabilities_sorted")
+            if method == "fedkseed-pro" and per_round:
+                p = per_round[-1]
+                ax.plot(range(1, len(p) + 1), [len(p) * v for v in p], label=f"seed {seed}")
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform (FedKSeed)")
+        ax.set(
+            xlabel="seed rank",
+            ylabel="K x probability",
+            title="Figure 3b: Pro's seed probabilities, last round",
+        )
+        ax.legend(fontsize=8, loc="upper right")  # "best" searches every one of the K points
+        fig.tight_layout()
+        _save(fig, out / "fig3-pro-probabilities.png")
     spread: dict[int, list[float]] = {}
     for _, method, _, run in methods:
         if method == "fedkseed-pro":
@@ -122,9 +137,16 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
                 if row.get("pro/p_max_over_min"):
                     spread.setdefault(int(float(row["round"])), []).append(float(row["pro/p_max_over_min"]))
     numbers["pro_p_max_over_min"] = {r: mean_std(v) for r, v in sorted(spread.items())}
+    effective: dict[int, list[float]] = {}  # exp(entropy) / K: 1 for uniform sampling
+    for *_, run in methods:
+        per_round = json.loads((run / "summary.json").read_text()).get("pro_probabilities_sorted") or []
+        for r, p in enumerate(per_round, 1):
+            h = -sum(v * math.log(v) for v in p if v > 0)
+            effective.setdefault(r, []).append(math.exp(h) / len(p))
+    numbers["pro_effective_seed_fraction"] = {r: mean_std(v) for r, v in sorted(effective.items())}
     # 4: every method at equal rounds: final eval loss, Rouge-L (both scorers) against total bytes
     numbers["final"] = {
-        key: _final(rows, key)
+        key: _final(table, key)
         for key in ("eval_loss_before", "eval_loss_after", "rougeL", "rougeL_paper", "total_bytes")
     }
     if {m for _, m, _, _ in methods} - {"fedkseed", "fedkseed-pro", "fedzo"}:  # a baseline ran
