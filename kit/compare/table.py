@@ -66,12 +66,11 @@ def run_row(scenario: str, method: str, seed: int, run_dir: Path, rouge_limit: i
     A run's own Rouge-L of an earlier round than its last (a run resumed to more rounds without it) is left
     out: the row's numbers are all of the final model."""
     s = json.loads((run_dir / "summary.json").read_text())
-    final = _rouge_round(s) in (None, s.get("rounds"))
+    final = None in (_rouge_round(s), s.get("rounds")) or _rouge_round(s) == s["rounds"]
     rouge, paper = (s.get("rougeL") or {}, s.get("rougeL_paper") or {}) if final else ({}, {})
     errors = (s.get("rougeL_paper_recursion_errors") or {}) if final else {}
-    scored = read_scores(run_dir, rouge_limit) if rouge_limit else None
+    scored = (read_scores(run_dir, rouge_limit) or {}) if rouge_limit else {}
     if rouge_limit:
-        scored = scored or {}
         rouge = {suite: r["rougeL"] for suite, r in scored.items()}
         paper = {suite: r["rougeL_paper"] for suite, r in scored.items()}
         errors = {suite: r["rougeL_paper_recursion_errors"] for suite, r in scored.items()}
