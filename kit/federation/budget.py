@@ -18,7 +18,6 @@ from typing import Literal
 # the ZO methods: their budget is always `fed.local_steps` (their seed choices and FedKSeed's per-round
 # weight decay are functions of tau, the same for every client); Ferret too: its authors count local batches
 # (allen4747/Ferret client.py, --batch_or_epoch batch; scripts/ferret.sh: 40 batches, one SGD step per 4)
-# weight decay are functions of tau, the same for every client)
 STEP_METHODS = frozenset({"fedkseed", "fedkseed-pro", "fedzo", "decomfl", "feedsign", "ferret"})
 
 

@@ -33,9 +33,9 @@ from kit.zo.estimator import zo_step
 
 
 class FedKSeed(SeededWeights, Method):
-    supports_dp = True
-
     """FedKSeed (`pro=False`) or FedKSeed-Pro (`pro=True`) over the module's ZO args `hp`."""
+
+    supports_dp = True
 
     def __init__(self, hp: Mapping, fed: FedSettings, pro: bool = False) -> None:
         self.name = "fedkseed-pro" if pro else "fedkseed"

@@ -134,9 +134,9 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # -- the method ------------------------------------------------------------------------------------
 class Ferret(FirstOrder):
-    supports_dp = False  # its coefficients payload has no DP rule yet (the tensor base's is not used)
-
     """Ferret over the module's hyperparameters `hp` (lr, grad_accumulation, server_lr, z settings)."""
+
+    supports_dp = False  # its coefficients payload has no DP rule yet (the tensor base's is not used)
 
     def __init__(self, hp: Mapping, fed: FedSettings) -> None:
         super().__init__("ferret", hp, fed, None, "sgd")

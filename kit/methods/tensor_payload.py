@@ -29,10 +29,9 @@ from kit.methods.base import NO_UPDATE, FedSettings, Method
 
 
 class TensorPayloadMethod(Method):
-    supports_dp = True
-
     """Base of FedZO and the first-order methods; subclasses set `sends_delta` and `_make_trainable`."""
 
+    supports_dp = True
     sends_delta = False  # FedZO uploads theta_c - theta_g; the others their parameters' values
     shares_frozen = False  # FedZO shares every parameter though none needs autograd
 
