@@ -58,13 +58,11 @@ def k_sweep(runs) -> tuple[dict[int, list[float]], int]:
     return per_k, common
 
 
-def drop_over_spread(runs) -> dict | None:
-    """The mean drop of the final eval loss below the start over seeds, its seeds' std, and their ratio
-    (figure 1's criterion: the drop is several times the spread); None below two seeds."""
-    drops = []
-    for *_, run in runs:
-        s = json.loads((run / "summary.json").read_text())
-        drops.append(s["eval_loss_before"] - s["eval_loss_after"])
+def drop_over_spread(rows: list[dict]) -> dict | None:
+    """Over the comparison rows of one method's seeds: the mean drop of the final eval loss below the
+    start, its std, and their ratio (figure 1's criterion: the drop is several times the spread); None
+    below two seeds."""
+    drops = [r["eval_loss_before"] - r["eval_loss_after"] for r in rows]
     if len(drops) < 2:
         return None
     mean, std = mean_std(drops)
@@ -109,18 +107,21 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
             out / "fig1-pool.png",
         )
     numbers["drop_over_seed_spread"] = {
-        m: drop_over_spread(r for r in methods if r[1] == m) for m in METHODS_ORDER
+        m: drop_over_spread([r for r in table if r["method"] == m]) for m in METHODS_ORDER
+    }
+    pro_probs = {  # seed -> Pro's sorted probabilities after each round
+        seed: json.loads((run / "summary.json").read_text())["pro_probabilities_sorted"]
+        for _, method, seed, run in methods
+        if method == "fedkseed-pro"
     }
     # 3: Pro vs FedKSeed, and Pro's probability spread per round
     if curve_rows({"fedkseed-pro"}):  # a figure only where its claim has runs
         pro = curve_rows({"fedkseed", "fedkseed-pro"})
         _save(draw_curves(pro, "Figure 3: FedKSeed-Pro vs FedKSeed"), out / "fig3-pro.png")
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for _, method, seed, run in methods:
-            per_round = json.loads((run / "summary.json").read_text()).get("pro_probabilities_sorted")
-            if method == "fedkseed-pro" and per_round:
-                p = per_round[-1]
-                ax.plot(range(1, len(p) + 1), [len(p) * v for v in p], label=f"seed {seed}")
+        for seed, per_round in pro_probs.items():
+            p = per_round[-1]
+            ax.plot(range(1, len(p) + 1), [len(p) * v for v in p], label=f"seed {seed}")
         ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform (FedKSeed)")
         ax.set(
             xlabel="seed rank",
@@ -138,8 +139,7 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
                     spread.setdefault(int(float(row["round"])), []).append(float(row["pro/p_max_over_min"]))
     numbers["pro_p_max_over_min"] = {r: mean_std(v) for r, v in sorted(spread.items())}
     effective: dict[int, list[float]] = {}  # exp(entropy) / K: 1 for uniform sampling
-    for *_, run in methods:
-        per_round = json.loads((run / "summary.json").read_text()).get("pro_probabilities_sorted") or []
+    for per_round in pro_probs.values():
         for r, p in enumerate(per_round, 1):
             h = -sum(v * math.log(v) for v in p if v > 0)
             effective.setdefault(r, []).append(math.exp(h) / len(p))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kit.compare.table import run_row
+
 from .conftest import REPO
 
 
@@ -48,6 +50,7 @@ def test_figure_one_reports_the_mean_drop_over_its_seed_spread(tmp_path):
     figures = _script("evidence_figures")
     ends = (1.98, 1.97, 1.99)
     runs = [("s", "fedkseed", i, _run(tmp_path, 1024, {0: 2.0, 10: e})) for i, e in enumerate(ends)]
+    runs = [run_row(*r) for r in runs]  # the comparison rows make_figures builds
     got = figures.drop_over_spread(runs)
     drops = [2.0 - e for e in ends]
     assert got["seeds"] == 3
