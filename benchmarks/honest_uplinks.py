@@ -1,7 +1,7 @@
 """How far honest FedKSeed uplinks stay inside the derived bound (kit/federation/bounds.py).
 
-    python benchmarks/honest_uplinks.py -c recipes/quickstart.yaml --trainer.max_epochs 1 --fed.eval_every 0 \
-        --fed.rouge_at_end false --run_dir runs/bench-honest
+    python benchmarks/honest_uplinks.py -c recipes/small-dolly-smollm2.yaml --trainer.max_epochs 1 \
+        --fed.eval_every 0 --fed.rouge_at_end false --run_dir runs/bench-honest
 
 Runs `fedkseed fit` with the given arguments (in this process) and records, for every accepted
 uplink, the largest |scalar|; prints per round the largest one, the bound tau * C / (2 eps) the run

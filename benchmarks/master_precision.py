@@ -11,8 +11,9 @@ fraction of weights that changed, and ||actual change|| / ||lr g z|| (the float3
 run: a float16-master run's downlinks are replayed round by round on its theta_0; each round's actual
 change of the global weights is compared with the float32 update of the same G (norm ratio, cosine,
 fraction changed).
-curves: `fedkseed fit -c recipes/quickstart.yaml`, shortened (--rounds), once per (lr, master dtype),
-same seeds; prints each run's eval loss per round (the runs stay in --out for `run`).
+curves: `fedkseed fit -c recipes/small-dolly-smollm2.yaml` (the quickstart until 2026-12-04), shortened
+(--rounds), once per (lr, master dtype), same seeds; prints each run's eval loss per round (the runs stay in
+--out for `run`).
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def curves(out: Path, lrs: list[float], dtypes: list[str], rounds: int, extra: l
                 not (run / "summary.json").is_file()
                 or not json.loads((run / "summary.json").read_text())["finished"]
             ):
-                cmd = [sys.executable, "-m", "kit", "fit", "-c", str(REPO / "recipes" / "quickstart.yaml")]
+                recipe = REPO / "recipes" / "small-dolly-smollm2.yaml"
+                cmd = [sys.executable, "-m", "kit", "fit", "-c", str(recipe)]
                 cmd += ["--run_dir", str(run), "--model.lr", str(lr), "--model.master_dtype", dtype]
                 cmd += [
                     "--trainer.max_epochs",

@@ -161,7 +161,7 @@ def run_args(args, run_dir: Path, evaluate: bool) -> list[str]:
     Its eval settings are the quickstart's (48 held-out examples at eval batch 8, Rouge-L on 16);
     without `evaluate`, no Rouge-L (and the child skips the eval-loss passes).
     """
-    recipe = REPO / "recipes" / "quickstart.yaml"
+    recipe = REPO / "recipes" / "small-dolly-smollm2.yaml"
     out = ["fit", "-c", str(recipe), "--run_dir", str(run_dir), "--data.data_root", str(data_root())]
     out += ["--trainer.max_epochs", "1", "--fed.fraction", "0.05", "--fed.local_steps", str(args.steps)]
     out += ["--fed.progress", "false", "--fed.rouge_at_end", str(evaluate).lower()]

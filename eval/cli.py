@@ -3,6 +3,7 @@
 python -m eval --model smollm2-135m --suite ni --limit 20 --data-root ../shared/data --out runs/eval
 fedkseed eval --run runs/quickstart      # a run's final global model, rebuilt, on the run's held-out set
 fedkseed eval --run runs/x --ckpt runs/x/checkpoints/last.ckpt
+fedkseed eval --run runs/x --round 10    # FedKSeed, DeComFL, ...: the global model after round 10, by replay
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from eval.evaluate import evaluate
 from eval.run_settings import eval_settings
 from eval.suites import SUITES
+from kit.errors import UsageError
 from kit.models import DTYPES, load_model, load_tokenizer
 from kit.paths import DATA_ROOT_ENV, data_root
 
@@ -39,6 +41,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     add(
         "--ckpt", type=Path, default=None, help="with --run: this checkpoint instead of checkpoints/last.ckpt"
+    )
+    add(
+        "--round",
+        type=int,
+        default=None,
+        help="with --run: the global model after this round (a method whose checkpoint holds its rounds' "
+        "downlinks: FedKSeed, FedKSeed-Pro, DeComFL, FeedSign), rebuilt and checked against its digest",
     )
     add("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
     add("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -82,18 +91,20 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-# (run dir, checkpoint or None, device) -> (model, tokenizer): the kit's rebuild, passed in by
-# `fedkseed eval` (kit/cli.py), so this package never imports the kit's training side
-RunLoader = Callable[[Path, Path | None, str], tuple]
+# (run dir, checkpoint or None, device, round or None) -> (model, tokenizer): the kit's rebuild, passed
+# in by `fedkseed eval` (kit/cli.py), so this package never imports the kit's training side
+RunLoader = Callable[[Path, Path | None, str, int | None], tuple]
 
 
 def run_eval(args: argparse.Namespace, load_run: RunLoader | None = None) -> dict[str, dict]:
     """Load the model named by `args`, evaluate it, print one line per suite and return the results."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.round is not None and args.run is None:
+        raise UsageError(f"--round {args.round} picks a round of a run: give the run too (--run DIR)")
     if args.run is not None:
         if load_run is None:
             raise SystemExit("python -m eval: --run rebuilds a run's model: use `fedkseed eval --run DIR`")
-        model, tokenizer = load_run(args.run, args.ckpt, device)
+        model, tokenizer = load_run(args.run, args.ckpt, device, args.round)
     else:
         model, tokenizer = load_model(args.model, args.dtype, device), load_tokenizer(args.model)
     names = {"suite": "suites", "data_root": "data_root", "limit": "limit", "dolly_size": "dolly_size"}

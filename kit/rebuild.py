@@ -9,6 +9,8 @@ global shared parameters (adapters, prompt encoders or all weights). The checkpo
 identity and z's definition: a different base model or z is refused before replay (z is drawn as
 recorded, whatever this device's default backend), and the rebuilt weights are checked against the
 digest recorded for the checkpoint's round (`--ckpt` too), or `summary.json`'s for older runs.
+A method whose history is its downlinks also rebuilds any earlier round (`at_round`, `eval --round`): θ₀
+replayed through that many rounds, checked against that round's digest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from kit.models import load_model, load_tokenizer
 from kit.module import FedKSeedModule
 from kit.rounds.config import FLAG_DEFAULTS, FedConfig, init_defaults
 from kit.rounds.run import FLOWER_CHECKPOINT
-from kit.rounds.state import prepare_model, restore_global
+from kit.rounds.state import prepare_model, restore_at_round, restore_global
 from kit.zo.master import hp_master_dtype
 
 
@@ -60,8 +62,14 @@ def read_run(run_dir: str | Path, checkpoint: str | Path | None = None):
     return hp, fed.settings, state, ckpt_path
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "cpu"):
-    """(model, tokenizer) with the global weights of `run_dir`'s checkpoint (default: the last)."""
+def load_run_model(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    at_round: int | None = None,
+):
+    """(model, tokenizer) with the global weights of `run_dir`'s checkpoint (default: the last), or of an
+    earlier round `at_round` of it (methods whose history is their downlinks: FedKSeed, DeComFL, ...)."""
     run_dir = Path(run_dir)
     hp, settings, state, ckpt_path = read_run(run_dir, checkpoint)
     method = build_method(hp["method"], hp, settings)
@@ -70,10 +78,14 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None, de
         method, load_model(hp["model"], dtype=hp_master_dtype(hp), device=device), hp["model"], state, where
     )
     try:
-        checked = restore_global(method, state["method_state"], model, state, where)
+        if at_round is None:
+            checked = restore_global(method, state["method_state"], model, state, where)
+        else:
+            checked = restore_at_round(method, state["method_state"], model, state, at_round, where)
     finally:
         method.close()
-    if not checked and checkpoint is None and (run_dir / "summary.json").is_file():  # before round digests
+    final = at_round in (None, state["rounds_done"])
+    if not checked and final and checkpoint is None and (run_dir / "summary.json").is_file():  # no digests
         summary = json.loads((run_dir / "summary.json").read_text())
         expected = summary.get("global_weights_sha256")
         if expected and summary["rounds"] == state["rounds_done"]:

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kit.compare.curves import draw_curves, mean_curves, run_curve  # noqa: E402
-from kit.compare.table import mean_std, run_row  # noqa: E402
+from kit.compare.stats import mean_std  # noqa: E402
+from kit.compare.table import run_row  # noqa: E402
 from kit.metrics_csv import read_rows  # noqa: E402
 
 METHODS_ORDER = [

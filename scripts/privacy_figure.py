@@ -19,7 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kit.compare.table import mean_std, read_csv  # noqa: E402
+from kit.compare.stats import mean_std  # noqa: E402
+from kit.compare.table import read_csv  # noqa: E402
 
 VARIANTS = {"eps-inf": "∞", "eps8": "8", "eps2": "2"}  # the grid's variants, least private first
 KEYS = (

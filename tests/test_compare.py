@@ -279,22 +279,53 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(tiny_model_dir,
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # learning curves beside them
     assert len(read_csv(out / "curves.csv")) == 2 * 3  # two methods, rounds 0-2 (eval loss before, after)
 
-    # Rouge-L scored after the runs (--rouge N): the rebuilt final models on the runs' own examples give the
-    # Rouge-L the runs measured at their end, re-scored independently from the generations; scored once
+    # --rouge at the runs' own limit: their in-loop scores of the same final models, not generated again
     rows = {r["method"]: r for r in a}
     assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--rouge", "9"]) == 0
-    scored = {r["method"]: r for r in read_csv(out / "comparison.csv")}
-    for method, row in scored.items():
-        files = out / "tiny" / method / "seed1" / "eval" / "final_limit9"
-        n = json.loads((files / "rouge_ni.json").read_text())["n"]
-        assert row["rouge_n"] == n == len((files / "generations_ni.jsonl").read_text().splitlines())
+    assert [r["rougeL"] for r in read_csv(out / "comparison.csv")] == [r["rougeL"] for r in a]
+    assert not list(out.glob("tiny/*/seed1/eval/final_limit9"))
+    # Rouge-L scored after the runs (--rouge N): the rebuilt final models generate on the runs' own examples
+    # what the runs generated at their end, re-scored independently from the generations; scored once
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--rouge", "5"]) == 0
+    for row in read_csv(out / "comparison.csv"):
+        cell = out / "tiny" / row["method"] / "seed1" / "eval"
+        files = cell / "final_limit5"
+        after = _generations(files / "generations_ni.jsonl")
+        assert row["rouge_n"] == len(after) == 5
         assert row["rougeL"] == pytest.approx(
             rouge_from_generations(files / "generations_ni.jsonl"), abs=1e-9
         )
-        assert row["rougeL"] == rows[method]["rougeL"], method
+        in_loop = _generations(cell / "round_2" / "generations_ni.jsonl")
+        assert after.items() <= in_loop.items(), row["method"]
     stamp = (files / "rouge_ni.json").stat().st_mtime_ns
-    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--rouge", "9"]) == 0
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--rouge", "5"]) == 0
     assert (files / "rouge_ni.json").stat().st_mtime_ns == stamp
+
+    # --round 1: every cell after its first round; FedKSeed's model rebuilt there by replay, FedIT's cannot be
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--round", "1"]) == 0
+    early = {r["method"]: r for r in read_csv(out / "comparison.csv")}
+    for method, run in ((m, out / "tiny" / m / "seed1") for m in rows):
+        summary = json.loads((run / "summary.json").read_text())
+        assert (
+            early[method]["rounds"] == 1
+            and early[method]["eval_loss_after"] == summary["eval_loss_per_round"][0]
+        )
+        assert early[method]["total_bytes"] < rows[method]["total_bytes"]
+    assert compare_main(["-c", str(grid), "--out", str(out), "--report", "--round", "1", "--rouge", "5"]) == 1
+    scored = read_csv(out / "comparison.csv")
+    assert [r["method"] for r in scored] == ["fedkseed"] and scored[0]["rouge_n"] == 5
+    files = out / "tiny" / "fedkseed" / "seed1" / "eval" / "round1_limit5"
+    assert scored[0]["rougeL"] == pytest.approx(
+        rouge_from_generations(files / "generations_ni.jsonl"), abs=1e-9
+    )
+    log = out / "tiny" / "fedit" / "seed1" / "eval" / "round1_limit5.log"
+    assert "fedit keeps its last global state" in log.read_text()  # named, and the cell left out
+
+
+def _generations(path: Path) -> dict[tuple, str]:
+    """A generations file's predictions by example (task, prompt)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {(r.get("task"), r.get("prompt") or r.get("input")): r["prediction"] for r in rows}
 
 
 def test_comparison_logs_to_wandb_offline(tmp_path, monkeypatch):

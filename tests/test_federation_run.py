@@ -134,6 +134,39 @@ def test_run_directory_rebuilds_the_trained_global_weights(tiny_model_dir, data_
         load_run_model(tmp_path)
 
 
+@pytest.mark.parametrize("extra", [[], ["--method", "feedsign"]], ids=["fedkseed-pro", "feedsign"])
+def test_an_earlier_round_of_a_seed_history_run_is_rebuilt_by_replay(
+    extra, tiny_model_dir, data_root, tmp_path
+):
+    from kit.errors import UsageError
+    from kit.rebuild import load_run_model
+    from kit.reporting import weights_digest
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    main(_args(tiny_model_dir, data_root, two, rounds=2) + extra)
+    main(_args(tiny_model_dir, data_root, one, rounds=1) + extra)
+    assert _summary(one)["global_weights_sha256"] != _summary(two)["global_weights_sha256"]
+    # round 1 of the 2-round run is the 1-round run's final model, bit for bit
+    assert weights_digest(load_run_model(two, at_round=1)[0]) == _summary(one)["global_weights_sha256"]
+    assert weights_digest(load_run_model(two, at_round=2)[0]) == _summary(two)["global_weights_sha256"]
+    for bad in (0, 3):
+        with pytest.raises(UsageError, match="holds rounds 1 to 2"):
+            load_run_model(two, at_round=bad)
+
+
+def test_a_method_without_a_round_history_refuses_an_earlier_round(tiny_model_dir, data_root, tmp_path):
+    from kit.errors import UsageError
+    from kit.rebuild import load_run_model
+
+    run = tmp_path / "fedit"
+    main(
+        _args(tiny_model_dir, data_root, run, rounds=2) + ["--method", "fedit", "--fed.rouge_at_end", "false"]
+    )
+    with pytest.raises(UsageError, match="fedit keeps its last global state.*--trainer.max_epochs 1"):
+        load_run_model(run, at_round=1)
+    load_run_model(run, at_round=2)  # its last round is its checkpoint's
+
+
 def test_fedkseed_eval_scores_a_run_directory(tiny_model_dir, data_root, tmp_path, capsys):
     run = tmp_path / "run"
     main(_args(tiny_model_dir, data_root, run, rounds=1))

@@ -20,7 +20,7 @@ def test_quickstart_with_every_method_trains_smollm2_for_a_round(method, data_ro
     main([
         "fit", "-c", str(REPO / "recipes" / "quickstart.yaml"),
         "-c", str(REPO / "recipes" / "methods" / f"{method}.yaml"), "--run_dir", str(run),
-        "--data.data_root", str(data_root), "--trainer.max_epochs", "1", "--fed.fraction", "0.05",
+        "--data.data_root", str(data_root), "--trainer.max_epochs", "1", "--fed.fraction", "0.005",
         "--fed.local_steps", "2", "--fed.local_epochs", "null", "--data.eval_size", "4",
         "--fed.rouge_at_end", "false", "--fed.rouge_at_start", "false", "--fed.progress", "false",
         *(["--fed.num_seeds", "16"] if method == "ferret" else []),  # K bases per block: CPU time

@@ -5,13 +5,16 @@
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --wandb      # + W&B
     fedkseed compare -c recipes/compare/cpu-small.yaml --out runs/cpu-small --report     # tables only
     fedkseed compare -c recipes/compare/evidence-cpu-methods.yaml --out runs/m --rouge 100  # Rouge-L after
+    fedkseed compare -c recipes/compare/successors-cpu.yaml --out runs/m --round 10 --rouge 32  # equal rounds
 
 Writes `DIR/comparison.csv` (a row per run), `DIR/comparison.md` (per method: mean ± std over seeds),
 `DIR/comparison.png` (Rouge-L against total bytes), and the learning curves `DIR/curves.csv` and
 `DIR/curves.png` (eval loss per round and against cumulative bytes, per method, mean ± std over seeds).
 Run it again to finish an interrupted grid: finished cells are skipped. `--rouge N` scores each finished
 cell's final model on N held-out examples per suite after its run (`kit.compare.rouge_after`): the tables
-then take Rouge-L from those scores.
+then take Rouge-L from those scores. `--round R` compares every cell after round R instead of at its end: eval
+loss and bytes from its metrics.csv, Rouge-L of its model rebuilt at that round (a method whose checkpoint
+holds its rounds' history); a cell that ran fewer rounds, or cannot be rebuilt at R, is left out and named.
 """
 
 from __future__ import annotations
@@ -29,10 +32,25 @@ from kit.compare.runner import CellResult, is_finished, run_grid
 from kit.compare.table import markdown, plot, run_row, summarise, write_csv
 
 
-def write_outputs(results, out: Path, title: str, rouge_limit: int | None = None) -> list[dict]:
+def _rows(done: list[CellResult], rouge_limit: int | None, at_round: int | None) -> list[dict]:
+    """A row per cell; a cell that cannot be read at `at_round` is named and left out."""
+    rows = []
+    for r in done:
+        try:
+            rows.append(
+                run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir, rouge_limit, at_round)
+            )
+        except ValueError as err:
+            print(f"[compare] {r.cell.name} left out: {err}", file=sys.stderr)
+    return rows
+
+
+def write_outputs(
+    results, out: Path, title: str, rouge_limit: int | None = None, at_round: int | None = None
+) -> list[dict]:
     """comparison.csv/.md/.png and curves.csv/.png from the finished cells; returns the CSV rows."""
     done = [r for r in results if r.status != "failed"]
-    rows = [run_row(r.cell.scenario, r.cell.method, r.cell.seed, r.run_dir, rouge_limit) for r in done]
+    rows = _rows(done, rouge_limit, at_round)
     write_csv(rows, out / "comparison.csv")
     summary = summarise(rows)
     (out / "comparison.md").write_text(markdown(summary, title))
@@ -43,14 +61,16 @@ def write_outputs(results, out: Path, title: str, rouge_limit: int | None = None
     return rows
 
 
-def score_cell(result: CellResult, limit: int) -> CellResult:
-    """`result` once its final model is scored at `limit` examples (`failed` when that fails)."""
+def score_cell(result: CellResult, limit: int, at_round: int | None = None) -> CellResult:
+    """`result` once its final model (or round `at_round`'s) is scored at `limit` examples (`failed` when
+    that fails)."""
     if result.status == "failed":
         return result
     print(f"[compare] Rouge-L of {result.cell.name} on {limit} examples ...", flush=True)
-    if score_run(result.run_dir, limit):
+    if score_run(result.run_dir, limit, at_round):
         return result
-    print(f"[compare] Rouge-L of {result.cell.name} FAILED, see {scores_dir(result.run_dir, limit)}.log")
+    log = scores_dir(result.run_dir, limit, at_round).with_suffix(".log")
+    print(f"[compare] Rouge-L of {result.cell.name} FAILED, see {log}")
     return replace(result, status="failed")
 
 
@@ -93,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         help="score each finished cell's final model on N held-out examples per suite after its run "
         "(once; reused) and take the tables' Rouge-L from there",
     )
+    parser.add_argument(
+        "--round",
+        type=int,
+        default=None,
+        metavar="R",
+        help="compare every cell after round R instead of at its end (eval loss, bytes; with --rouge, its "
+        "model rebuilt at R)",
+    )
     parser.add_argument("--wandb", action="store_true", help="log the cells and the comparison to W&B")
     parser.add_argument("--wandb_project", default="fedkseed", help="W&B project")
     one_line_argparse(parser, "fedkseed compare")
@@ -111,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cell.name, "fedkseed fit", " ".join(cell.argv))
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    for flag, value in (("--jobs", args.jobs), ("--rouge", args.rouge)):
+    for flag, value in (("--jobs", args.jobs), ("--rouge", args.rouge), ("--round", args.round)):
         if value is not None and value < 1:
             print(f"fedkseed compare: error: {flag} must be >= 1, got {value}", file=sys.stderr)
             return 2
@@ -121,14 +149,23 @@ def main(argv: list[str] | None = None) -> int:
         ]
     else:
         results = run_grid(cells, out, jobs=args.jobs)
+    unscored: list[str] = []
+    if args.round:
+        title += f", at round {args.round}"
     if args.rouge:
-        title += f", Rouge-L on {args.rouge} examples scored after the run"
-        results = [score_cell(r, args.rouge) for r in results]
-    rows = write_outputs(results, out, title, args.rouge)
+        title += f", Rouge-L on {args.rouge} examples"
+        scored = [score_cell(r, args.rouge, args.round) for r in results]
+        unscored = [s.cell.name for r, s in zip(results, scored, strict=True) if s.status != r.status]
+        results = scored
+    rows = write_outputs(results, out, title, args.rouge, args.round)
     if args.wandb:
         log_wandb(rows, out, title, args.wandb_project)
     print(f"[compare] {out / 'comparison.md'}\n" + (out / "comparison.md").read_text())
-    failed = [r.cell.name for r in results if r.status == "failed"]
+    failed = [r.cell.name for r in results if r.status == "failed" and r.cell.name not in unscored]
+    if unscored:
+        print(
+            f"[compare] {len(unscored)} cell(s) not scored (left out): {', '.join(unscored)}", file=sys.stderr
+        )
     if failed and args.report:
         print(
             f"[compare] {len(failed)} cell(s) not finished (left out): {', '.join(failed)}", file=sys.stderr
@@ -138,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
             f"[compare] {len(failed)} cell(s) failed, see their fit.log: {', '.join(failed)}", file=sys.stderr
         )
         return 1
-    return 0
+    return 1 if unscored else 0

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.compare.table import mean_std
+from kit.compare.stats import mean_std
 from kit.metrics_csv import ROUND, read_rows
 
 CURVE_COLUMNS = (

@@ -17,7 +17,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from kit.compare.curves import run_curve
 from kit.compare.rouge_after import read_scores
+from kit.compare.stats import mean_std
 
 COLUMNS = (
     "scenario",
@@ -40,14 +42,37 @@ COLUMNS = (
 )
 
 
-def _round_times(run_dir: Path) -> list[float]:
-    """The training time of each round (`time/round_s` of metrics.csv, one value per round)."""
+def _round_times(run_dir: Path) -> dict[int, float]:
+    """The training time of each round (`time/round_s` of metrics.csv), by round."""
     path = run_dir / "metrics.csv"
     if not path.is_file():
-        return []
+        return {}
     with path.open(newline="") as f:
-        per_round = {r["round"]: r["time/round_s"] for r in csv.DictReader(f) if r.get("time/round_s")}
-    return [float(v) for v in per_round.values()]
+        rows = [r for r in csv.DictReader(f) if r.get("time/round_s")]
+    return {int(float(r["round"])): float(r["time/round_s"]) for r in rows}
+
+
+def _at_round(scenario: str, method: str, seed: int, run_dir: Path, summary: dict, at_round: int) -> dict:
+    """The row's numbers of the global model after round `at_round` (from metrics.csv): its eval loss,
+    the bytes moved up to it, the rounds' mean time; the whole run's wall time and digest left out."""
+    if at_round > (summary.get("rounds") or 0):
+        raise ValueError(f"{run_dir} ran {summary.get('rounds')} rounds, fewer than --round {at_round}")
+    curve = run_curve(scenario, method, seed, run_dir)
+    if at_round not in curve.rounds:
+        raise ValueError(
+            f"{run_dir} has no eval loss at round {at_round} (rounds {list(curve.rounds)}): pick one of those"
+        )
+    i = curve.rounds.index(at_round)
+    times = {r: t for r, t in _round_times(run_dir).items() if r <= at_round}
+    last = at_round == summary.get("rounds")
+    return {
+        "eval_loss_after": curve.eval_loss[i],
+        "total_bytes": curve.cumulative_bytes[i],
+        "rounds": at_round,
+        "time_per_round_s": statistics.fmean(times.values()) if times else None,
+        "wall_time_s": summary.get("wall_time_s") if last else None,
+        "global_weights_sha256": summary.get("global_weights_sha256") if last else None,
+    }
 
 
 def _rouge_round(summary: dict) -> int | None:
@@ -57,19 +82,41 @@ def _rouge_round(summary: dict) -> int | None:
     return max((e["round"] for e in summary.get("rougeL_per_round") or [] if e["round"] > 0), default=None)
 
 
-def run_row(scenario: str, method: str, seed: int, run_dir: Path, rouge_limit: int | None = None) -> dict:
+def _own_rouge(summary: dict, at_round: int | None) -> tuple[dict, dict, dict]:
+    """The run's own Rouge-L (both scorers) and RecursionErrors per suite, of the final model or, with
+    `at_round`, of that round's; empty when the run did not score that model."""
+    if at_round is not None and at_round != summary.get("rounds"):
+
+        def of_round(key: str) -> dict:
+            entry = next((e for e in summary.get(key) or [] if e["round"] == at_round), {})
+            return {suite: v for suite, v in entry.items() if suite != "round"}
+
+        return of_round("rougeL_per_round"), of_round("rougeL_paper_per_round"), {}
+    wanted = summary.get("rounds")
+    if None not in (_rouge_round(summary), wanted) and _rouge_round(summary) != wanted:
+        return {}, {}, {}  # scored at an earlier round than the last (resumed to more rounds without it)
+    rouge, paper = summary.get("rougeL") or {}, summary.get("rougeL_paper") or {}
+    return rouge, paper, summary.get("rougeL_paper_recursion_errors") or {}
+
+
+def run_row(
+    scenario: str,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    rouge_limit: int | None = None,
+    at_round: int | None = None,
+) -> dict:
     """One CSV row from a finished run directory; `rougeL` and `rougeL_paper` are means over the scored
     suites, each suite also gets its own `rougeL_<suite>` and `rougeL_paper_<suite>` columns.
 
-    `rouge_limit`: Rouge-L from the final model's scores at that many examples (`kit.compare.rouge_after`;
-    none when not scored) instead of the run's own end-of-run Rouge-L; `rouge_n` gives the examples.
-    A run's own Rouge-L of an earlier round than its last (a run resumed to more rounds without it) is left
-    out: the row's numbers are all of the final model."""
+    `rouge_limit`: Rouge-L from the model's scores at that many examples (`kit.compare.rouge_after`;
+    none when not scored) instead of the run's own Rouge-L; `rouge_n` gives the examples. `at_round`: the
+    numbers of the global model after that round instead of the final one (methods compared at equal
+    rounds). Every number of a row is of the same model: a run's own Rouge-L of another round is left out."""
     s = json.loads((run_dir / "summary.json").read_text())
-    final = None in (_rouge_round(s), s.get("rounds")) or _rouge_round(s) == s["rounds"]
-    rouge, paper = (s.get("rougeL") or {}, s.get("rougeL_paper") or {}) if final else ({}, {})
-    errors = (s.get("rougeL_paper_recursion_errors") or {}) if final else {}
-    scored = (read_scores(run_dir, rouge_limit) or {}) if rouge_limit else {}
+    rouge, paper, errors = _own_rouge(s, at_round)
+    scored = (read_scores(run_dir, rouge_limit, at_round) or {}) if rouge_limit else {}
     if rouge_limit:
         rouge = {suite: r["rougeL"] for suite, r in scored.items()}
         paper = {suite: r["rougeL_paper"] for suite, r in scored.items()}
@@ -88,12 +135,14 @@ def run_row(scenario: str, method: str, seed: int, run_dir: Path, rouge_limit: i
         "downlink_bytes_per_round": s.get("downlink_bytes_per_round"),
         "total_bytes": s.get("total_bytes"),
         "rounds": s.get("rounds"),
-        "time_per_round_s": statistics.fmean(times) if times else None,
+        "time_per_round_s": statistics.fmean(times.values()) if times else None,
         "wall_time_s": s.get("wall_time_s"),
         "peak_memory_bytes": s.get("peak_gpu_bytes") or s.get("peak_rss_bytes"),
         "global_weights_sha256": s.get("global_weights_sha256"),
         "run_dir": str(run_dir),
     }
+    if at_round is not None:
+        row.update(_at_round(scenario, method, seed, run_dir, s, at_round))
     if rouge_limit:
         row["rouge_n"] = min((r["n"] for r in scored.values()), default=None)
     privacy = s.get("privacy")
@@ -124,14 +173,6 @@ def read_csv(path: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     text = {"scenario", "method", "run_dir", "global_weights_sha256"}
     return [{k: (v if k in text else (float(v) if v != "" else None)) for k, v in r.items()} for r in rows]
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1) of the values present; std None below two values."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:

@@ -12,6 +12,7 @@ from dataclasses import asdict
 
 import torch
 
+from kit.errors import UsageError
 from kit.federation.faults import FaultModel
 from kit.identity import check_rebuilt, check_theta0, theta0_identity
 from kit.methods.base import FedSettings, Method
@@ -78,6 +79,32 @@ def restore_global(
     digests = state.get("round_digests") or []
     if len(digests) == int(state["rounds_done"]) > 0:
         check_rebuilt(digests[-1], net, where)
+        return True
+    return False
+
+
+def restore_at_round(
+    method: Method, method_state: Mapping, net: torch.nn.Module, state: Mapping, at_round: int, where: str
+) -> bool:
+    """Load the checkpointed global state as it was after round `at_round` (1 .. the checkpoint's round):
+    θ₀ replayed through the first `at_round` downlinks, as a node catches up, for the methods whose
+    history is their downlinks; checked against that round's recorded digest, whose check it returns."""
+    done = int(state["rounds_done"])
+    if at_round == done:
+        return restore_global(method, method_state, net, state, where)
+    if not 1 <= at_round < done:
+        raise UsageError(f"round {at_round} is not in {where}: it holds rounds 1 to {done}")
+    method.load_state_dict(dict(method_state))
+    if method.replay_cost(1, at_round) is None:
+        raise UsageError(
+            f"{where}: {method.name} keeps its last global state, not its rounds' history, so round "
+            f"{at_round} of {done} cannot be rebuilt: run it to {at_round} rounds (--trainer.max_epochs "
+            f"{at_round})"
+        )
+    method.catch_up(0, [(r, method.downlink(r)) for r in range(1, at_round + 1)])
+    digests = state.get("round_digests") or []
+    if len(digests) == done:
+        check_rebuilt(digests[at_round - 1], net, f"{where} at round {at_round}")
         return True
     return False
 
