@@ -4,9 +4,10 @@
     .venv/bin/python scripts/evidence_figures.py runs/evidence                  # a fresh scripts/evidence.py
     .venv/bin/python scripts/evidence_figures.py runs/evidence-cpu 100     # Rouge-L of `compare --rouge 100`
 
-Reads `ROOT/methods/**` and `ROOT/k/**` (each run's summary.json and metrics.csv; finished runs only; with N,
-Rouge-L from the final models' scores at N examples, else the runs' own Rouge-L of their last round) and
+Reads `ROOT/methods/**` and `ROOT/k/**` (each run's summary.json and metrics.csv; finished runs only) and
 writes `ROOT/figures/fig{1..4}-*.png` and `ROOT/figures/numbers.json` (every value the text quotes).
+Figure 4 reads every method at the last round all of them ran (`compare --round`): eval loss and bytes there,
+and with N the Rouge-L scores at N examples of that round's models (`compare --round R --rouge N`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ METHODS_ORDER = [
     "fedavg",
     "fedprompt",
     "fedptuning",
+    "ferret",
+    "decomfl",
+    "feedsign",
 ]
 
 
@@ -94,7 +98,7 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
     import matplotlib.pyplot as plt
 
     methods = finished_runs(root / "methods")
-    table = [run_row(*r, rouge_limit) for r in methods]  # Rouge-L of the final models only
+    table = [run_row(*r) for r in methods]  # each run at its end: figure 1's drop
     curves = mean_curves([run_curve(*r) for r in methods])
     numbers: dict = {"runs": {m: sum(1 for r in methods if r[1] == m) for m in METHODS_ORDER}}
 
@@ -145,9 +149,12 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
             h = -sum(v * math.log(v) for v in p if v > 0)
             effective.setdefault(r, []).append(math.exp(h) / len(p))
     numbers["pro_effective_seed_fraction"] = {r: mean_std(v) for r, v in sorted(effective.items())}
-    # 4: every method at equal rounds: final eval loss, Rouge-L (both scorers) against total bytes
+    # 4: every method at equal rounds (the last every run reached): eval loss, Rouge-L against total bytes
+    common = min((json.loads((r[3] / "summary.json").read_text())["rounds"] for r in methods), default=0)
+    at_common = [run_row(*r, rouge_limit, common) for r in methods] if common else []
+    numbers["equal_round"] = common
     numbers["final"] = {
-        key: _final(table, key)
+        key: _final(at_common, key)
         for key in ("eval_loss_before", "eval_loss_after", "rougeL", "rougeL_paper", "total_bytes")
     }
     if {m for _, m, _, _ in methods} - {"fedkseed", "fedkseed-pro", "fedzo"}:  # a baseline ran
@@ -162,7 +169,7 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
             ax_loss.axhline(statistics.fmean(v[0] for v in before.values()), color="k", ls="--", label="base")
             ax_loss.legend()
         low = min(after[m][0] - (after[m][1] or 0) for m in shown)
-        ax_loss.set(title="eval loss after the last round (mean ± std)", ylim=(low - 0.05, None))
+        ax_loss.set(title=f"eval loss after round {common} (mean ± std)", ylim=(low - 0.05, None))
         ax_loss.tick_params(axis="x", rotation=30)
         for m in (m for m in shown if m in rouge and m in total):
             ax_rouge.errorbar(total[m][0], rouge[m][0], yerr=rouge[m][1] or 0, fmt="o", capsize=3, label=m)
@@ -171,7 +178,7 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
         )
         if ax_rouge.lines:
             ax_rouge.legend(fontsize=8)
-        fig.suptitle("Figure 4: every method at equal rounds (first-order: one local epoch)")
+        fig.suptitle(f"Figure 4: every method after round {common}")
         fig.tight_layout()
         _save(fig, out / "fig4-methods.png")
         _save(draw_curves(curves, "Figure 4b: eval loss curves of every method"), out / "fig4-curves.png")
