@@ -46,8 +46,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--round",
         type=int,
         default=None,
-        help="with --run: the global model after this round (a method whose checkpoint holds its rounds' "
-        "downlinks: FedKSeed, FedKSeed-Pro, DeComFL, FeedSign), rebuilt and checked against its digest",
+        help="with --run: the global model after this round (0: the base model; earlier rounds for a method "
+        "whose checkpoint holds its rounds' downlinks: FedKSeed, Pro, DeComFL, FeedSign), digest-checked",
     )
     add("--dtype", default="float32", choices=sorted(DTYPES), help="weights dtype")
     add("--device", default=None, help="torch device (default: cuda when available, else cpu)")

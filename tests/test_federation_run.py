@@ -139,6 +139,7 @@ def test_an_earlier_round_of_a_seed_history_run_is_rebuilt_by_replay(
     extra, tiny_model_dir, data_root, tmp_path
 ):
     from kit.errors import UsageError
+    from kit.models import load_model
     from kit.rebuild import load_run_model
     from kit.reporting import weights_digest
 
@@ -149,8 +150,11 @@ def test_an_earlier_round_of_a_seed_history_run_is_rebuilt_by_replay(
     # round 1 of the 2-round run is the 1-round run's final model, bit for bit
     assert weights_digest(load_run_model(two, at_round=1)[0]) == _summary(one)["global_weights_sha256"]
     assert weights_digest(load_run_model(two, at_round=2)[0]) == _summary(two)["global_weights_sha256"]
-    for bad in (0, 3):
-        with pytest.raises(UsageError, match="holds rounds 1 to 2"):
+    # round 0: the base model itself
+    base = load_model(str(tiny_model_dir))
+    assert weights_digest(load_run_model(two, at_round=0)[0]) == weights_digest(base)
+    for bad in (-1, 3):
+        with pytest.raises(UsageError, match="holds rounds 0 to 2"):
             load_run_model(two, at_round=bad)
 
 

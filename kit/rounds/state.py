@@ -86,14 +86,17 @@ def restore_global(
 def restore_at_round(
     method: Method, method_state: Mapping, net: torch.nn.Module, state: Mapping, at_round: int, where: str
 ) -> bool:
-    """Load the checkpointed global state as it was after round `at_round` (1 .. the checkpoint's round):
-    θ₀ replayed through the first `at_round` downlinks, as a node catches up, for the methods whose
-    history is their downlinks; checked against that round's recorded digest, whose check it returns."""
+    """Load the checkpointed global state as it was after round `at_round` (0 .. the checkpoint's round):
+    θ₀ itself at round 0 (any method; its identity is checked by `prepare_model`), else θ₀ replayed through
+    the first `at_round` downlinks, as a node catches up, for the methods whose history is their downlinks;
+    checked against that round's recorded digest. Returns whether a digest was checked."""
     done = int(state["rounds_done"])
     if at_round == done:
         return restore_global(method, method_state, net, state, where)
-    if not 1 <= at_round < done:
-        raise UsageError(f"round {at_round} is not in {where}: it holds rounds 1 to {done}")
+    if not 0 <= at_round < done:
+        raise UsageError(f"round {at_round} is not in {where}: it holds rounds 0 to {done}")
+    if at_round == 0:
+        return False  # the prepared model is θ₀
     method.load_state_dict(dict(method_state))
     if method.replay_cost(1, at_round) is None:
         raise UsageError(
