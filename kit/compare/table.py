@@ -208,6 +208,11 @@ def _num(value: float | None, std: float | None = None, digits: int = 2) -> str:
     return f"{text} ± {std:.{digits}f}" if std is not None else text
 
 
+def _times(ratio: float) -> str:
+    """A ratio for the table: whole above 10 (thousands separated), two significant digits below."""
+    return f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.2g}×"
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "—"
@@ -238,7 +243,7 @@ def markdown(summary: Sequence[dict], title: str) -> str:
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for s in rows:
             up = s["uplink_bytes_per_client_round"]
-            ratio = f"{up / ref['uplink_bytes_per_client_round']:,.0f}×" if ref and up else "—"
+            ratio = _times(up / ref["uplink_bytes_per_client_round"]) if ref and up else "—"
             errors = s["rougeL_paper_recursion_errors"]
             paper = _num(s["rougeL_paper"], s["rougeL_paper_std"]) + (
                 f" ({errors} RecursionError)" if errors else ""
