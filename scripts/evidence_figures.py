@@ -150,7 +150,7 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
             effective.setdefault(r, []).append(math.exp(h) / len(p))
     numbers["pro_effective_seed_fraction"] = {r: mean_std(v) for r, v in sorted(effective.items())}
     # 4: every method at equal rounds (the last every run reached): eval loss, Rouge-L against total bytes
-    common = min((json.loads((r[3] / "summary.json").read_text())["rounds"] for r in methods), default=0)
+    common = min((r["rounds"] for r in table), default=0)
     at_common = [run_row(*r, rouge_limit, common) for r in methods] if common else []
     numbers["equal_round"] = common
     numbers["final"] = {

@@ -52,9 +52,18 @@ def _round_times(run_dir: Path) -> dict[int, float]:
     return {int(float(r["round"])): float(r["time/round_s"]) for r in rows}
 
 
-def _at_round(scenario: str, method: str, seed: int, run_dir: Path, summary: dict, at_round: int) -> dict:
+def _at_round(
+    scenario: str,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    summary: dict,
+    times: dict[int, float],
+    at_round: int,
+) -> dict:
     """The row's numbers of the global model after round `at_round` (from metrics.csv): its eval loss,
-    the bytes moved up to it, the rounds' mean time; the whole run's wall time and digest left out."""
+    the bytes moved up to it, the mean of `times` (by round) up to it; the whole run's wall time and digest
+    left out."""
     if at_round > (summary.get("rounds") or 0):
         raise ValueError(f"{run_dir} ran {summary.get('rounds')} rounds, fewer than --round {at_round}")
     curve = run_curve(scenario, method, seed, run_dir)
@@ -63,13 +72,13 @@ def _at_round(scenario: str, method: str, seed: int, run_dir: Path, summary: dic
             f"{run_dir} has no eval loss at round {at_round} (rounds {list(curve.rounds)}): pick one of those"
         )
     i = curve.rounds.index(at_round)
-    times = {r: t for r, t in _round_times(run_dir).items() if r <= at_round}
+    upto = [t for r, t in times.items() if r <= at_round]
     last = at_round == summary.get("rounds")
     return {
         "eval_loss_after": curve.eval_loss[i],
         "total_bytes": curve.cumulative_bytes[i],
         "rounds": at_round,
-        "time_per_round_s": statistics.fmean(times.values()) if times else None,
+        "time_per_round_s": statistics.fmean(upto) if upto else None,
         "wall_time_s": summary.get("wall_time_s") if last else None,
         "global_weights_sha256": summary.get("global_weights_sha256") if last else None,
     }
@@ -142,7 +151,7 @@ def run_row(
         "run_dir": str(run_dir),
     }
     if at_round is not None:
-        row.update(_at_round(scenario, method, seed, run_dir, s, at_round))
+        row.update(_at_round(scenario, method, seed, run_dir, s, times, at_round))
     if rouge_limit:
         row["rouge_n"] = min((r["n"] for r in scored.values()), default=None)
     privacy = s.get("privacy")

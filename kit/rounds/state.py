@@ -76,9 +76,15 @@ def restore_global(
     recorded for its round; returns whether a digest was checked (older checkpoints have none)."""
     method.load_state_dict(dict(method_state))
     method.restore_global()
+    return _check_round_digest(net, state, int(state["rounds_done"]), where)
+
+
+def _check_round_digest(net: torch.nn.Module, state: Mapping, at_round: int, where: str) -> bool:
+    """Check the model against the digest the checkpoint recorded for round `at_round` >= 1; False when
+    it recorded none (older checkpoints)."""
     digests = state.get("round_digests") or []
-    if len(digests) == int(state["rounds_done"]) > 0:
-        check_rebuilt(digests[-1], net, where)
+    if at_round > 0 and len(digests) == int(state["rounds_done"]):
+        check_rebuilt(digests[at_round - 1], net, where)
         return True
     return False
 
@@ -105,11 +111,7 @@ def restore_at_round(
             f"{at_round})"
         )
     method.catch_up(0, [(r, method.downlink(r)) for r in range(1, at_round + 1)])
-    digests = state.get("round_digests") or []
-    if len(digests) == done:
-        check_rebuilt(digests[at_round - 1], net, f"{where} at round {at_round}")
-        return True
-    return False
+    return _check_round_digest(net, state, at_round, f"{where} at round {at_round}")
 
 
 def run_facts(
