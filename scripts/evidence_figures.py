@@ -40,6 +40,18 @@ METHODS_ORDER = [
     "feedsign",
 ]
 
+ZO_CORE = ["fedkseed", "fedkseed-pro", "fedzo"]  # figures 1-3's methods, in both parts of figure 4
+FIGURE_4 = {  # file stem -> (title, methods): the paper's baselines, and the methods published after it
+    "fig4-baselines": (
+        "Figure 4: the paper's baselines",
+        [*ZO_CORE, "fedit", "fedit-sgd", "fedavg", "fedprompt", "fedptuning"],
+    ),
+    "fig4a-successors": (
+        "Figure 4a: the methods after FedKSeed",
+        [*ZO_CORE, "ferret", "decomfl", "feedsign"],
+    ),
+}
+
 
 def finished_runs(grid_dir: Path) -> list[tuple[str, str, int, Path]]:
     """(scenario, method, seed, run dir) of every finished run under `grid_dir` (scenario/method/seedN)."""
@@ -89,6 +101,35 @@ def _final(rows: list[dict], key: str) -> dict[str, tuple[float | None, float | 
         if row.get(key) is not None:
             values.setdefault(row["method"], []).append(float(row[key]))
     return {m: (*mean_std(v), len(v)) for m, v in values.items()}
+
+
+def method_figure(final: dict, group: list[str], title: str, path: Path) -> None:
+    """Figure 4's two panels for the methods of `group` found in `final` (`make_figures`' per-method
+    mean, std and count at the common round): eval loss bars, and Rouge-L (paper scorer) against bytes."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_rouge) = plt.subplots(1, 2, figsize=(13, 4.5))
+    after, total, rouge, before = (
+        final[k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper", "eval_loss_before")
+    )
+    shown = [m for m in group if m in after]
+    ax_loss.bar(shown, [after[m][0] for m in shown], yerr=[after[m][1] or 0 for m in shown], capsize=3)
+    if before:
+        ax_loss.axhline(statistics.fmean(v[0] for v in before.values()), color="k", ls="--", label="base")
+        ax_loss.legend()
+    low = min(after[m][0] - (after[m][1] or 0) for m in shown)
+    ax_loss.set(title="eval loss (mean ± std over seeds)", ylim=(low - 0.05, None))
+    ax_loss.tick_params(axis="x", rotation=30)
+    for m in (m for m in shown if m in rouge and m in total):
+        ax_rouge.errorbar(total[m][0], rouge[m][0], yerr=rouge[m][1] or 0, fmt="o", capsize=3, label=m)
+    ax_rouge.set(
+        title="Rouge-L (paper scorer) against bytes", xscale="log", xlabel="total bytes", ylabel="Rouge-L"
+    )
+    if ax_rouge.lines:
+        ax_rouge.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
@@ -157,31 +198,15 @@ def make_figures(root: Path, out: Path, rouge_limit: int | None = None) -> dict:
         key: _final(at_common, key)
         for key in ("eval_loss_before", "eval_loss_after", "rougeL", "rougeL_paper", "total_bytes")
     }
-    if {m for _, m, _, _ in methods} - {"fedkseed", "fedkseed-pro", "fedzo"}:  # a baseline ran
-        fig, (ax_loss, ax_rouge) = plt.subplots(1, 2, figsize=(13, 4.5))
-        after, total, rouge = (
-            numbers["final"][k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper")
-        )
-        shown = [m for m in METHODS_ORDER if m in after]
-        ax_loss.bar(shown, [after[m][0] for m in shown], yerr=[after[m][1] or 0 for m in shown], capsize=3)
-        before = numbers["final"]["eval_loss_before"]
-        if before:
-            ax_loss.axhline(statistics.fmean(v[0] for v in before.values()), color="k", ls="--", label="base")
-            ax_loss.legend()
-        low = min(after[m][0] - (after[m][1] or 0) for m in shown)
-        ax_loss.set(title=f"eval loss after round {common} (mean ± std)", ylim=(low - 0.05, None))
-        ax_loss.tick_params(axis="x", rotation=30)
-        for m in (m for m in shown if m in rouge and m in total):
-            ax_rouge.errorbar(total[m][0], rouge[m][0], yerr=rouge[m][1] or 0, fmt="o", capsize=3, label=m)
-        ax_rouge.set(
-            title="Rouge-L (paper scorer) against bytes", xscale="log", xlabel="total bytes", ylabel="Rouge-L"
-        )
-        if ax_rouge.lines:
-            ax_rouge.legend(fontsize=8)
-        fig.suptitle(f"Figure 4: every method after round {common}")
-        fig.tight_layout()
-        _save(fig, out / "fig4-methods.png")
-        _save(draw_curves(curves, "Figure 4b: eval loss curves of every method"), out / "fig4-curves.png")
+    for stem, (title, group) in FIGURE_4.items():
+        if {m for _, m, _, _ in methods} & (set(group) - set(ZO_CORE)):  # a figure only where its methods ran
+            method_figure(
+                numbers["final"], group, f"{title} after round {common}", out / f"{stem}-methods.png"
+            )
+            shown = [r for r in curves if r["method"] in group and r["round"] <= common]
+            _save(
+                draw_curves(shown, f"{title}: eval loss curves to round {common}"), out / f"{stem}-curves.png"
+            )
     # 2: K sweep at the last round every K run measured (K = 1024: the methods grid's FedKSeed)
     k_runs = [*finished_runs(root / "k"), *(r for r in methods if r[1] == "fedkseed")]
     per_k, k_round = k_sweep(k_runs)
