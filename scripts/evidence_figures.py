@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from kit.compare.colors import method_color  # noqa: E402
 from kit.compare.curves import draw_curves, mean_curves, run_curve  # noqa: E402
 from kit.compare.stats import mean_std  # noqa: E402
 from kit.compare.table import run_row  # noqa: E402
@@ -113,7 +114,13 @@ def method_figure(final: dict, group: list[str], title: str, path: Path) -> None
         final[k] for k in ("eval_loss_after", "total_bytes", "rougeL_paper", "eval_loss_before")
     )
     shown = [m for m in group if m in after]
-    ax_loss.bar(shown, [after[m][0] for m in shown], yerr=[after[m][1] or 0 for m in shown], capsize=3)
+    ax_loss.bar(
+        shown,
+        [after[m][0] for m in shown],
+        yerr=[after[m][1] or 0 for m in shown],
+        capsize=3,
+        color=[method_color(m) for m in shown],
+    )
     if before:
         ax_loss.axhline(statistics.fmean(v[0] for v in before.values()), color="k", ls="--", label="base")
         ax_loss.legend()
@@ -121,7 +128,15 @@ def method_figure(final: dict, group: list[str], title: str, path: Path) -> None
     ax_loss.set(title="eval loss (mean ± std over seeds)", ylim=(low - 0.05, None))
     ax_loss.tick_params(axis="x", rotation=30)
     for m in (m for m in shown if m in rouge and m in total):
-        ax_rouge.errorbar(total[m][0], rouge[m][0], yerr=rouge[m][1] or 0, fmt="o", capsize=3, label=m)
+        ax_rouge.errorbar(
+            total[m][0],
+            rouge[m][0],
+            yerr=rouge[m][1] or 0,
+            fmt="o",
+            capsize=3,
+            color=method_color(m),
+            label=m,
+        )
     ax_rouge.set(
         title="Rouge-L (paper scorer) against bytes", xscale="log", xlabel="total bytes", ylabel="Rouge-L"
     )

@@ -121,3 +121,23 @@ def test_mean_curves_average_only_the_seeds_that_measured_a_round():
     assert rows[1]["seeds"] == 1 and rows[1]["eval_loss"] == 2.9 and rows[1]["eval_loss_std"] is None
     assert rows[2]["eval_loss"] == pytest.approx(2.2) and rows[2]["cumulative_bytes"] == 110.0
     assert rows[2]["eval_loss_std"] == pytest.approx(statistics.stdev([2.0, 2.4]))
+
+
+def test_a_method_keeps_its_colour_whichever_methods_share_the_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_rgba
+
+    from kit.compare.curves import draw_curves
+    from kit.methods import METHODS
+
+    def line_colours(methods: list[str]) -> dict[str, tuple]:
+        curves = [RunCurve("s", m, 0, (0, 1), (3.0, 2.5), (0, 100)) for m in methods]
+        fig = draw_curves(mean_curves(curves))
+        return {line.get_label().split(" (")[0]: to_rgba(line.get_color()) for line in fig.axes[0].lines}
+
+    every = line_colours(list(METHODS))
+    assert len(set(every.values())) == len(METHODS)  # no two methods alike
+    assert line_colours(["fedit", "fedkseed"]) == {m: every[m] for m in ("fedit", "fedkseed")}
+    assert line_colours(["feedsign", "fedkseed"]) == {m: every[m] for m in ("feedsign", "fedkseed")}

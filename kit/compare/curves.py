@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.compare.colors import method_color
 from kit.compare.stats import mean_std
 from kit.metrics_csv import ROUND, read_rows
 
@@ -123,7 +124,7 @@ def draw_curves(rows: Sequence[dict], title: str = ""):
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(len(scenarios), 2, figsize=(13, 4.5 * len(scenarios)), squeeze=False)
     for (by_round, by_bytes), scenario in zip(axes, scenarios, strict=True):
-        for i, method in enumerate(methods):
+        for method in methods:
             pts = [r for r in rows if r["scenario"] == scenario and r["method"] == method]
             if not pts:
                 continue
@@ -135,10 +136,10 @@ def draw_curves(rows: Sequence[dict], title: str = ""):
                 x = [p[x_key] for p in shown]
                 y = [p["eval_loss"] for p in shown]
                 spread = [_spread(p["eval_loss_std"]) for p in shown]
-                ax.plot(x, y, marker="o", markersize=3, color=f"C{i % 10}", label=label)
+                ax.plot(x, y, marker="o", markersize=3, color=method_color(method), label=label)
                 low = [m - d for m, d in zip(y, spread, strict=True)]
                 high = [m + d for m, d in zip(y, spread, strict=True)]
-                ax.fill_between(x, low, high, color=f"C{i % 10}", alpha=0.2, linewidth=0)
+                ax.fill_between(x, low, high, color=method_color(method), alpha=0.2, linewidth=0)
         by_round.set(title=f"{scenario}: eval loss per round", xlabel="round (0: before training)")
         by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
         by_bytes.set(

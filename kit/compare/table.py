@@ -17,6 +17,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from kit.compare.colors import method_color
 from kit.compare.curves import run_curve
 from kit.compare.rouge_after import read_scores
 from kit.compare.stats import mean_std
@@ -291,7 +292,7 @@ def plot(summary: Sequence[dict], path: Path, title: str) -> None:
                 yerr=s["rougeL_std"] or 0.0,
                 xerr=s["total_bytes_std"] or 0.0,
                 fmt=markers[i % len(markers)],
-                color=f"C{i % 10}",
+                color=method_color(s["method"]),
                 capsize=4,
                 markersize=8,
                 label=f"{s['method']} (n={s['seeds']})",
