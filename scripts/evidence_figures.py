@@ -41,6 +41,7 @@ METHODS_ORDER = [
     "feedsign",
 ]
 
+VIRTUAL_TOKENS = {"fedprompt", "fedptuning"}  # their round 0 already has random prompts: not the base model
 ZO_CORE = ["fedkseed", "fedkseed-pro", "fedzo"]  # figures 1-3's methods, in both parts of figure 4
 FIGURE_4 = {  # file stem -> (title, methods): the paper's baselines, and the methods published after it
     "fig4-baselines": (
@@ -121,8 +122,9 @@ def method_figure(final: dict, group: list[str], title: str, path: Path) -> None
         capsize=3,
         color=[method_color(m) for m in shown],
     )
-    if before:
-        ax_loss.axhline(statistics.fmean(v[0] for v in before.values()), color="k", ls="--", label="base")
+    base = [v[0] for m, v in before.items() if m not in VIRTUAL_TOKENS]
+    if base:
+        ax_loss.axhline(statistics.fmean(base), color="k", ls="--", label="base model")
         ax_loss.legend()
     low = min(after[m][0] - (after[m][1] or 0) for m in shown)
     ax_loss.set(title="eval loss (mean ± std over seeds)", ylim=(low - 0.05, None))
