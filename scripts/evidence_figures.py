@@ -27,20 +27,6 @@ from kit.compare.stats import mean_std  # noqa: E402
 from kit.compare.table import run_row  # noqa: E402
 from kit.metrics_csv import read_rows  # noqa: E402
 
-METHODS_ORDER = [
-    "fedkseed",
-    "fedkseed-pro",
-    "fedzo",
-    "fedit",
-    "fedit-sgd",
-    "fedavg",
-    "fedprompt",
-    "fedptuning",
-    "ferret",
-    "decomfl",
-    "feedsign",
-]
-
 VIRTUAL_TOKENS = {"fedprompt", "fedptuning"}  # their round 0 already has random prompts: not the base model
 ZO_CORE = ["fedkseed", "fedkseed-pro", "fedzo"]  # figures 1-3's methods, in both parts of figure 4
 FIGURE_4 = {  # file stem -> (title, methods): the paper's baselines, and the methods published after it
@@ -53,6 +39,8 @@ FIGURE_4 = {  # file stem -> (title, methods): the paper's baselines, and the me
         [*ZO_CORE, "ferret", "decomfl", "feedsign"],
     ),
 }
+# every method of the figures, in their order
+METHODS_ORDER = list(dict.fromkeys(m for _, group in FIGURE_4.values() for m in group))
 
 
 def finished_runs(grid_dir: Path) -> list[tuple[str, str, int, Path]]:
